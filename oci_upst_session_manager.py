@@ -42,6 +42,9 @@ import logging
 import os
 import random
 import secrets
+import select
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -95,6 +98,14 @@ CLOCK_SKEW_TOLERANCE_SECONDS = 60
 # login_timeout; this much more covers the exchange that follows it.
 LOCK_GRACE_SECONDS = 30
 LOCK_POLL_SECONDS = 0.1
+
+# The background wakes at least this often: a suspended laptop's sleep is not time passed.
+BACKGROUND_MAX_SLEEP_SECONDS = 60
+BACKGROUND_RETRY_FIRST_SECONDS = 5
+BACKGROUND_RETRY_MAX_SECONDS = 60
+DAEMON_LOG_MAX_BYTES = 4 * 1024 * 1024
+DAEMON_START_TIMEOUT_SECONDS = 15
+DAEMON_STOP_TIMEOUT_SECONDS = 10
 
 RSA_KEY_BITS = 2048
 PBKDF2_ITERATIONS = 600_000
@@ -1682,7 +1693,373 @@ def sign_in_hint(settings: Settings) -> str:
 # 8. Background refresh: the auto-refresh thread and the daemon
 # --------------------------------------------------------------------------------------------
 
-# (filled in by the background-refresh work)
+def renewal_lead(state: TokenState, safety_window: float) -> float:
+    """How long before exp to renew: the safety window, but never earlier than two thirds
+    into the token's life, so a short-lived UPST is not renewed over and over."""
+    if not state.token or state.expires_at is None:
+        return safety_window
+    issued_at = jwt_claims_unverified(state.token).get("iat")
+    if isinstance(issued_at, (int, float)) and state.expires_at > issued_at:
+        return min(safety_window, (state.expires_at - issued_at) / 3)
+    return safety_window
+
+
+# Failures that waiting cannot fix: the background must stop and say what to do.
+FATAL_IN_BACKGROUND = (SignInNeeded, RefreshTokenError, ConfigError)
+
+
+class Renewer:
+    """Renews a session before it expires; shared by the auto-refresh thread and the daemon.
+
+    It reads the wall clock at every step instead of trusting how long it slept: a laptop
+    that was suspended wakes past the renewal time and renews at once.
+    """
+
+    def __init__(self, manager: "SessionManager", safety_window: float,
+                 now: Callable[[], float] = time.time):
+        self.manager = dataclasses.replace(manager, can_sign_in=False, now=now)
+        self.safety_window, self.now = safety_window, now
+        self.failures = 0
+        self.last: Optional[Dict[str, object]] = None   # time, ok, message of the last renewal
+
+    def step(self) -> float:
+        """Renew if due; the seconds to wait before the next step. Raises FATAL_IN_BACKGROUND."""
+        state = self.manager.read_token()
+        lead = renewal_lead(state, self.safety_window)
+        if state.expires_at is None or state.expires_at - self.now() <= lead:
+            try:
+                state = self.manager.ensure(min_validity=lead)
+            except FATAL_IN_BACKGROUND:
+                raise
+            except WociError as exc:
+                self.failures += 1
+                self.last = {"time": self.now(), "ok": False, "message": str(exc)}
+                delay = min(BACKGROUND_RETRY_MAX_SECONDS,
+                            BACKGROUND_RETRY_FIRST_SECONDS * 2 ** (self.failures - 1))
+                LOG.warning("renewal failed, retrying in %s: %s", format_duration(delay), exc)
+                return delay
+            self.failures = 0
+            self.last = {"time": self.now(), "ok": True,
+                         "message": f"valid until {format_timestamp(state.expires_at or 0)}"}
+            LOG.info("session of profile %s valid until %s", self.manager.settings.profile,
+                     format_timestamp(state.expires_at or 0))
+        return max(0.0, min(self.next_due(state) - self.now(), BACKGROUND_MAX_SLEEP_SECONDS))
+
+    def next_due(self, state: TokenState) -> float:
+        if state.expires_at is None:
+            return self.now()
+        return state.expires_at - renewal_lead(state, self.safety_window)
+
+
+class AutoRefreshThread(threading.Thread):
+    """Keeps the session fresh while a wrapped command runs; stops on a fatal failure."""
+
+    def __init__(self, renewer: Renewer):
+        super().__init__(name="woci-auto-refresh", daemon=True)
+        self.renewer = renewer
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                wait = self.renewer.step()
+            except WociError as exc:
+                LOG.error("auto-refresh stopped: %s", exc)
+                return
+            self.stopping.wait(wait)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1])
+
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# Signals a terminal sends to its whole foreground process group: the child has them already.
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+
+
+def _terminal_reaches_child() -> bool:
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def run_child(argv: List[str], env: Mapping[str, str], refresher: Optional[AutoRefreshThread]
+              ) -> int:
+    """Run argv as a child with signals forwarded; its exit code (128+N if killed by N)."""
+    sys.stdout.flush()
+    try:
+        child = subprocess.Popen(argv, env=dict(env))
+    except FileNotFoundError as exc:
+        raise WociError(f"{argv[0]} not found on PATH", EXIT_OCI_NOT_FOUND) from exc
+    except OSError as exc:
+        raise WociError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+
+    def forward(signum, _frame):
+        if signum in TERMINAL_SIGNALS and _terminal_reaches_child():
+            return
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    if refresher is not None:
+        refresher.start()
+    try:
+        code = child.wait()
+    finally:
+        if refresher is not None:
+            refresher.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code if code >= 0 else 128 - code
+
+
+def child_environment(environ: Mapping[str, str], settings: Settings) -> Dict[str, str]:
+    env = dict(environ)
+    env.update({"OCI_CLI_PROFILE": settings.profile,
+                "OCI_CLI_CONFIG_FILE": str(settings.oci_config_file.absolute()),
+                "OCI_CLI_AUTH": "security_token"})
+    return env
+
+
+# --- the daemon -------------------------------------------------------------------------------
+
+
+class PidFile:
+    """The daemon's pid file, flock-ed by the daemon for its whole life.
+
+    The lock, not the pid, says whether a daemon runs: a stale file whose pid was reused by
+    another process is never mistaken for a live daemon.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> bool:
+        """Lock and write our pid; False if a live daemon holds it."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            # A --daemon-status may have removed the stale file we opened: lock the live one.
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+    def holder(self) -> Optional[int]:
+        """The pid of the live daemon, or None (removing a stale file)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                text = os.read(fd, 64).decode("ascii", "replace").strip()
+                return int(text) if text.isdigit() else -1
+            LOG.warning("removing a stale pid file %s (its daemon is gone)", self.path)
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+            return None
+        finally:
+            os.close(fd)
+
+
+def _redirect_stdio(log_path: Path) -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+
+def rotate_log_if_big(log_path: Path) -> None:
+    """Keep the daemon log bounded: past the limit it becomes .1 and a new one starts."""
+    try:
+        if log_path.stat().st_size <= DAEMON_LOG_MAX_BYTES:
+            return
+        os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+    except OSError:
+        return
+    _redirect_stdio(log_path)
+
+
+def write_daemon_state(paths: SessionPaths, renewer: Renewer, state: TokenState,
+                       next_at: float) -> None:
+    document = {"pid": os.getpid(), "profile": renewer.manager.settings.profile,
+                "expires_at": state.expires_at, "next_renewal": next_at,
+                "last_renewal": renewer.last}
+    try:
+        atomic_write(paths.daemon_state, json.dumps(document).encode())
+    except StorageError as exc:
+        LOG.warning("%s", exc)
+
+
+def daemon_loop(renewer: Renewer, paths: SessionPaths, stopping: threading.Event) -> int:
+    """Renew until stopped (exit 0) or until the refresh token is refused (exit 1)."""
+    while not stopping.is_set():
+        rotate_log_if_big(paths.daemon_log)
+        try:
+            wait = renewer.step()
+        except WociError as exc:
+            LOG.error("daemon stopping: %s", exc)
+            return EXIT_FAILURE
+        state = renewer.manager.read_token()
+        write_daemon_state(paths, renewer, state, renewer.now() + wait)
+        stopping.wait(wait)
+    LOG.info("daemon stopped by a signal")
+    return EXIT_OK
+
+
+def _daemon_child(renewer: Renewer, paths: SessionPaths, ready_fd: int) -> int:
+    """The detached grandchild: lock the pid file, tell the parent, renew until stopped."""
+    os.umask(0o077)
+    os.chdir("/")
+    _redirect_stdio(paths.daemon_log)
+    configure_logging(renewer.manager.settings.log_level if renewer.manager.settings.log_level
+                      == "DEBUG" else "INFO", daemon=True)
+    pid_file = PidFile(paths.pid)
+    if not pid_file.acquire():
+        os.write(ready_fd, f"busy {pid_file.holder() or ''}".encode())
+        os.close(ready_fd)
+        return EXIT_FAILURE
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stopping.set())
+    os.write(ready_fd, f"ok {os.getpid()}".encode())
+    os.close(ready_fd)
+    LOG.info("daemon started for profile %s (pid %d)", renewer.manager.settings.profile,
+             os.getpid())
+    try:
+        return daemon_loop(renewer, paths, stopping)
+    finally:
+        pid_file.release()
+
+
+def start_daemon(renewer: Renewer, paths: SessionPaths) -> int:
+    """Double fork; the parent returns the daemon's pid once its pid file is locked."""
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    first = os.fork()
+    if first == 0:
+        os.close(read_fd)
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)
+        code = EXIT_FAILURE
+        try:
+            code = _daemon_child(renewer, paths, write_fd)
+        except BaseException:  # the log is all a detached process has
+            LOG.exception("daemon crashed")
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    os.waitpid(first, 0)
+    answer = _read_with_deadline(read_fd, DAEMON_START_TIMEOUT_SECONDS)
+    os.close(read_fd)
+    word, _, pid = answer.partition(" ")
+    if word == "ok" and pid.isdigit():
+        return int(pid)
+    if word == "busy":
+        raise DaemonError(f"a woci daemon already runs for profile "
+                          f"{renewer.manager.settings.profile} (pid {pid or 'unknown'})")
+    raise DaemonError(f"the daemon did not start; see {paths.daemon_log}")
+
+
+def _read_with_deadline(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+        if not ready:
+            break
+        chunk = os.read(fd, 256)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("ascii", "replace").strip()
+
+
+def daemon_status_report(paths: SessionPaths, profile: str, now: float) -> Tuple[int, str]:
+    pid = PidFile(paths.pid).holder()
+    if pid is None:
+        return EXIT_FAILURE, f"no woci daemon runs for profile {profile}\n"
+    lines = [f"woci daemon for profile {profile}: running, pid {pid}"]
+    state: Dict[str, object] = {}
+    raw = read_file_if_present(paths.daemon_state)
+    if raw:
+        try:
+            state = json.loads(raw)
+        except ValueError:
+            state = {}
+    token = read_session_token(paths)
+    if token.expires_at is not None:
+        lines.append(f"session token expires: {format_timestamp(token.expires_at)} "
+                     f"(in {format_duration(token.expires_at - now)})")
+    last = state.get("last_renewal")
+    if isinstance(last, dict):
+        outcome = "ok" if last.get("ok") else f"failed: {last.get('message')}"
+        lines.append(f"last renewal: {format_timestamp(float(last.get('time') or 0))}, "
+                     f"{outcome}")
+    else:
+        lines.append("last renewal: none yet")
+    if isinstance(state.get("next_renewal"), (int, float)):
+        lines.append(f"next check: {format_timestamp(float(state['next_renewal']))}")
+    return EXIT_OK, "\n".join(lines) + "\n"
+
+
+def stop_daemon(paths: SessionPaths, profile: str,
+                sleep: Callable[[float], None] = time.sleep) -> int:
+    pid_file = PidFile(paths.pid)
+    pid = pid_file.holder()
+    if pid is None or pid <= 0:
+        raise DaemonError(f"no woci daemon runs for profile {profile}", EXIT_FAILURE)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + DAEMON_STOP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if PidFile(paths.pid).holder() is None:
+            return pid
+        sleep(0.1)
+    LOG.warning("daemon %d did not stop within %s; killing it", pid,
+                format_duration(DAEMON_STOP_TIMEOUT_SECONDS))
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + DAEMON_STOP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline and PidFile(paths.pid).holder() is not None:
+        sleep(0.1)
+    return pid
 
 # --------------------------------------------------------------------------------------------
 # 9. Running oci
@@ -1765,12 +2142,15 @@ def help_text() -> str:
     return parser.format_help()
 
 
-def configure_logging(level: str) -> None:
-    if not LOG.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("woci: %(levelname)s: %(message)s"))
-        LOG.addHandler(handler)
-        LOG.propagate = False
+def configure_logging(level: str, daemon: bool = False) -> None:
+    fmt = "%(asctime)s woci[%(process)d]: %(levelname)s: %(message)s" if daemon else \
+        "woci: %(levelname)s: %(message)s"
+    for handler in list(LOG.handlers):
+        LOG.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    LOG.addHandler(handler)
+    LOG.propagate = False
     LOG.setLevel(level)
 
 
@@ -1784,8 +2164,18 @@ def load_settings(cmd: CommandLine, environ: Mapping[str, str]) -> Settings:
     return settings
 
 
+def new_manager(settings: Settings, environ: Mapping[str, str]) -> SessionManager:
+    return SessionManager(settings, environ, PassphraseSource(settings, environ))
+
+
+def auto_refresher(manager: SessionManager) -> Optional[AutoRefreshThread]:
+    if not manager.settings.auto_refresh:
+        return None
+    return AutoRefreshThread(Renewer(manager, manager.settings.refresh_safety_window))
+
+
 def run_oci_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, str]) -> int:
-    manager = SessionManager(settings, environ, PassphraseSource(settings, environ))
+    manager = new_manager(settings, environ)
     action = oci_action(cmd.oci_args)
     force = {"authenticate": "sign-in", "refresh": "refresh"}.get(action, "")
     manager.ensure(force=force)
@@ -1794,8 +2184,48 @@ def run_oci_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, str
             print(f"woci: the session of profile {settings.profile} is valid until "
                   f"{format_timestamp(manager.read_token().expires_at or 0)}", file=sys.stderr)
         return EXIT_OK
-    exec_oci(build_oci_argv(cmd.oci_args, settings.profile))
-    return EXIT_FAILURE  # exec_oci only returns in tests that replace it
+    argv = build_oci_argv(cmd.oci_args, settings.profile)
+    refresher = auto_refresher(manager)
+    if refresher is None:
+        exec_oci(argv)
+    return run_child(argv, environ, refresher)
+
+
+def run_exec_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, str]) -> int:
+    manager = new_manager(settings, environ)
+    manager.ensure()
+    return run_child(list(cmd.exec_argv), child_environment(environ, settings),
+                     auto_refresher(manager))
+
+
+def run_daemon_mode(settings: Settings, environ: Mapping[str, str]) -> int:
+    manager = new_manager(settings, environ)
+    paths = manager.paths
+    running = PidFile(paths.pid).holder() if paths.folder.is_dir() else None
+    if running is not None:
+        raise DaemonError(f"a woci daemon already runs for profile {settings.profile} "
+                          f"(pid {running})")
+    manager.ensure()
+    if manager.passphrase.configured:
+        manager.passphrase.get()  # asked here, kept in the daemon's memory only
+    pid = start_daemon(Renewer(manager, settings.refresh_safety_window), paths)
+    print(pid)
+    print(f"woci: daemon for profile {settings.profile} started (pid {pid}); log: "
+          f"{paths.daemon_log}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_daemon_control(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    """--daemon-status and --stop-daemon need only the profile, not the provider settings."""
+    profile = resolve_profile(cmd, environ)
+    paths = SessionPaths.for_profile(profile, environ)
+    if cmd.mode == "daemon_status":
+        code, report = daemon_status_report(paths, profile, time.time())
+        sys.stdout.write(report)
+        return code
+    pid = stop_daemon(paths, profile)
+    print(f"woci: stopped the daemon of profile {profile} (pid {pid})", file=sys.stderr)
+    return EXIT_OK
 
 
 def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:
@@ -1810,10 +2240,14 @@ def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
         if cmd.mode == "version":
             print(f"woci {__version__}")
             return EXIT_OK
+        if cmd.mode in ("daemon_status", "stop_daemon"):
+            return run_daemon_control(cmd, environ)
         settings = load_settings(cmd, environ)
-        if cmd.mode == "run":
-            return run_oci_mode(cmd, settings, environ)
-        raise ConfigError(f"--{cmd.mode.replace('_', '-')} is not available yet")
+        if cmd.mode == "exec":
+            return run_exec_mode(cmd, settings, environ)
+        if cmd.mode == "daemon":
+            return run_daemon_mode(settings, environ)
+        return run_oci_mode(cmd, settings, environ)
     except WociError as exc:
         LOG.debug("failure details", exc_info=True)
         print(f"woci: error: {exc}", file=sys.stderr)

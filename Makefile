@@ -1,0 +1,51 @@
+# Set-up and checks. Every target installs what it needs first, so each works on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+IDP := tests/idp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BROWSER_MODE ?= scripted
+PYTEST_ARGS ?=
+
+.PHONY: test demo bench lint setup setup-python setup-idp setup-system setup-browser clean
+
+test: setup setup-browser
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/python tests/sandbox/demo.py --browser $(BROWSER_MODE)
+
+bench: setup
+	$(BIN)/python tests/bench/bench_startup.py
+
+lint: setup-python
+	$(BIN)/ruff check oci_upst_session_manager.py tests
+
+setup: setup-system setup-python setup-idp
+
+setup-python: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+setup-idp: $(IDP)/node_modules/.installed
+$(IDP)/node_modules/.installed: $(IDP)/package-lock.json $(IDP)/package.json
+	cd $(IDP) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# node runs the test identity provider; kubectl is already on this kind of machine, and
+# Debian's kubernetes-client would replace a newer one, so it is installed only when missing.
+setup-system:
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	@command -v kubectl >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq kubernetes-client; }
+
+# A real headless browser for the end-to-end sign-in test (never `playwright install`).
+setup-browser:
+	@test -x /usr/bin/chromium || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+clean:
+	rm -rf $(VENV) $(IDP)/node_modules .pytest_cache *.egg-info
