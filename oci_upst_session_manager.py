@@ -50,7 +50,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import webbrowser
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
@@ -1373,17 +1372,20 @@ def wait_for_callback(server: _CallbackServer, timeout: float,
 
 
 def launch_browser(url: str) -> bool:
-    """Open the URL; the launcher's stdout goes to stderr, since stdout belongs to oci/kubectl."""
-    sys.stdout.flush()
-    saved = os.dup(1)
+    """Open the URL from a helper process whose stdout is our stderr.
+
+    stdout belongs to oci (kubectl parses it), and browser launchers print; some also wait
+    for the browser to exit. A separate process keeps both away from woci, which may exec oci
+    while the browser is still open.
+    """
+    code = "import sys, webbrowser; sys.exit(0 if webbrowser.open(sys.argv[1]) else 1)"
     try:
-        os.dup2(2, 1)
-        return webbrowser.open(url)
-    except webbrowser.Error:
+        subprocess.Popen([sys.executable, "-c", code, url], stdin=subprocess.DEVNULL,
+                         stdout=sys.stderr.fileno(), start_new_session=True)
+    except OSError as exc:
+        LOG.warning("cannot start a browser: %s", exc.strerror)
         return False
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+    return True
 
 
 def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] = launch_browser
@@ -1401,7 +1403,7 @@ def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] = la
     try:
         print(f"woci: sign in for OCI profile {settings.profile} in your browser. If no browser "
               f"opens, visit:\n\n    {url}\n", file=sys.stderr, flush=True)
-        # Some launchers wait for the browser to exit: the callback must be served meanwhile.
+        # An injected opener may itself answer the callback: it must not block the wait.
         threading.Thread(target=open_browser, args=(url,), daemon=True).start()
         result = wait_for_callback(server, settings.login_timeout)
     finally:
