@@ -36,7 +36,6 @@ import fcntl
 import getpass
 import hashlib
 import html
-import http.server
 import json
 import logging
 import os
@@ -50,7 +49,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -288,6 +286,8 @@ def clock_skew_seconds(server_date: Optional[str], now: float) -> Optional[float
     """How far the local clock is from a server's Date header, or None if it says nothing."""
     if not server_date:
         return None
+    from email.utils import parsedate_to_datetime  # deferred: only failures need it
+
     try:
         return now - parsedate_to_datetime(server_date).timestamp()
     except (TypeError, ValueError):
@@ -533,9 +533,9 @@ class Settings:
     token_url: str
     token_exchange_url: str
     auth_client_id: str
-    auth_client_secret: Optional[str]
     client_id: str
     client_secret: str
+    auth_client_secret: Optional[str] = None
     scope: str = DEFAULT_SCOPE
     redirect_port: int = DEFAULT_REDIRECT_PORT
     redirect_path: str = DEFAULT_REDIRECT_PATH
@@ -1308,57 +1308,60 @@ def evaluate_callback(query: Mapping[str, List[str]], expected_state: str) -> Ca
     return CallbackResult(code, None)
 
 
-class _CallbackServer(http.server.HTTPServer):
-    expected_path: str
-    expected_state: str
-    result: Optional[CallbackResult] = None
+def open_callback_server(port: int, path: str, state: str):
+    """An HTTP server on 127.0.0.1:port that turns the first request to path into a result.
 
+    http.server is imported here, not at the top: only a sign-in needs it, and importing it
+    costs a run with a valid session a third of woci's start-up.
+    """
+    import http.server
 
-class _CallbackHandler(http.server.BaseHTTPRequestHandler):
-    server: _CallbackServer
+    class CallbackServer(http.server.HTTPServer):
+        expected_path, expected_state = path, state
+        result: Optional[CallbackResult] = None
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        parts = urllib.parse.urlsplit(self.path)
-        if parts.path != self.server.expected_path or self.server.result is not None:
-            # favicon.ico and other strays: not our business, and not the end of the wait.
-            self._answer(404, callback_page("Not found", "This is woci's sign-in callback."))
-            return
-        result = evaluate_callback(urllib.parse.parse_qs(parts.query), self.server.expected_state)
-        self.server.result = result
-        if result.code:
-            self._answer(200, callback_page("Signed in", "woci has what it needs. You can "
-                                            "close this tab and go back to your terminal."))
-        else:
-            self._answer(400, callback_page("Sign-in failed", result.error or ""))
+    class CallbackHandler(http.server.BaseHTTPRequestHandler):
+        server: CallbackServer
 
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            parts = urllib.parse.urlsplit(self.path)
+            if parts.path != self.server.expected_path or self.server.result is not None:
+                # favicon.ico and other strays: not our business, and not the end of the wait.
+                self._answer(404, callback_page("Not found", "This is woci's sign-in callback."))
+                return
+            result = evaluate_callback(urllib.parse.parse_qs(parts.query),
+                                       self.server.expected_state)
+            self.server.result = result
+            if result.code:
+                self._answer(200, callback_page("Signed in", "woci has what it needs. You can "
+                                                "close this tab and go back to your terminal."))
+            else:
+                self._answer(400, callback_page("Sign-in failed", result.error or ""))
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
-        # The request line holds the authorization code: never log it.
-        LOG.debug("callback answered a request")
+        def _answer(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
 
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's name
+            # The request line holds the authorization code: never log it.
+            LOG.debug("callback answered a request")
 
-def open_callback_server(port: int, path: str, state: str) -> _CallbackServer:
     try:
-        server = _CallbackServer(("127.0.0.1", port), _CallbackHandler)
+        return CallbackServer(("127.0.0.1", port), CallbackHandler)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise AuthError(f"port {port} on 127.0.0.1 is in use, so the sign-in callback cannot "
                             "listen there; close what uses it or set redirect_port") from exc
         raise AuthError(f"cannot listen on 127.0.0.1:{port} for the sign-in callback: "
                         f"{exc.strerror}") from exc
-    server.expected_path, server.expected_state = path, state
-    return server
 
 
-def wait_for_callback(server: _CallbackServer, timeout: float,
+def wait_for_callback(server, timeout: float,
                       clock: Callable[[], float] = time.monotonic) -> CallbackResult:
     deadline = clock() + timeout
     while server.result is None:
