@@ -1,0 +1,198 @@
+"""Section 8: when the background renews, how it backs off, and the daemon's pid file."""
+
+import base64
+import json
+import multiprocessing
+import threading
+from pathlib import Path
+
+import pytest
+
+import oci_upst_session_manager as woci
+
+
+def make_token(iat: int, exp: int) -> str:
+    def part(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none'})}.{part({'iat': iat, 'exp': exp})}.sig"
+
+
+def settings(**overrides):
+    values = dict(profile="p", oci_config_file=Path("/nonexistent/config"),
+                  manager_config_file=None, authz_base_url="http://127.0.0.1:9/a",
+                  token_url="http://127.0.0.1:9/t", token_exchange_url="http://127.0.0.1:9/t",
+                  auth_client_id="c", client_id="c", client_secret="s")
+    values.update(overrides)
+    return woci.Settings(**values)
+
+
+class ScriptedManager(woci.SessionManager):
+    """A SessionManager whose renewals follow a script instead of the network.
+
+    Only scheduling is under test here; the real ensure() is covered in test_session.py and
+    end to end.
+    """
+
+    script: list = None
+    calls: list = None
+    token: str = ""
+
+    def read_token(self):
+        return woci.TokenState(self.token, woci.jwt_expiry(self.token), None)
+
+    def ensure(self, min_validity=woci.EXPIRY_MARGIN_SECONDS, force=""):
+        self.calls.append(min_validity)
+        outcome = self.script.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        type(self).token = outcome
+        return self.read_token()
+
+
+@pytest.fixture
+def clock():
+    class Clock:
+        t = 1_000_000.0
+
+        def __call__(self):
+            return self.t
+
+    return Clock()
+
+
+def renewer(clock, token, script, window=600, tmp_path=Path("/tmp")):
+    ScriptedManager.token, ScriptedManager.script, ScriptedManager.calls = token, script, []
+    manager = ScriptedManager(settings(), {"HOME": str(tmp_path)},
+                              woci.PassphraseSource(settings(), {}))
+    return woci.Renewer(manager, window, now=clock)
+
+
+def test_renewal_lead_is_the_window_for_long_tokens_and_a_third_for_short_ones():
+    """600 s before exp for an hour-long UPST; at two thirds of life for a 6 s one."""
+    assert woci.renewal_lead(woci.TokenState(make_token(0, 3600), 3600, None), 600) == 600
+    assert woci.renewal_lead(woci.TokenState(make_token(0, 6), 6, None), 600) == 2
+    assert woci.renewal_lead(woci.TokenState(None, None, None), 600) == 600
+
+
+def test_fresh_session_is_not_renewed_and_the_wait_is_at_most_a_minute(clock):
+    """Renewal due in 50 minutes: no renewal now, and the next look is within 60 s."""
+    now = int(clock())
+    r = renewer(clock, make_token(now, now + 3600), [])
+
+    wait = r.step()
+
+    assert ScriptedManager.calls == []
+    assert wait == woci.BACKGROUND_MAX_SLEEP_SECONDS
+
+
+def test_wall_clock_jump_past_the_due_time_renews_at_once(clock):
+    """A suspended laptop wakes after exp - window: the very next step renews."""
+    now = int(clock())
+    r = renewer(clock, make_token(now, now + 3600), [make_token(now + 3100, now + 6700)])
+    assert r.step() == 60
+
+    clock.t += 3100   # the machine slept through the renewal time
+
+    wait = r.step()
+    assert ScriptedManager.calls == [600]
+    assert r.last["ok"] is True
+    assert wait == 60
+
+
+def test_due_soon_wait_ends_at_the_due_time(clock):
+    """Renewal due in 20 s: the wait is 20 s, not a full minute."""
+    now = int(clock())
+    r = renewer(clock, make_token(now - 3000, now + 620), [])
+
+    assert r.step() == pytest.approx(20)
+
+
+def test_transient_failures_back_off_and_are_recorded(clock):
+    """Network trouble: 5 s, then 10 s, then 20 s; the failure is kept for --daemon-status."""
+    now = int(clock())
+    failure = woci.HttpError("the token endpoint at http://x failed 4 times")
+    r = renewer(clock, make_token(now - 3500, now + 100),
+                [failure, failure, failure, make_token(now, now + 3600)])
+
+    assert [r.step(), r.step(), r.step()] == [5, 10, 20]
+    assert r.last["ok"] is False and "failed 4 times" in r.last["message"]
+    r.step()
+    assert r.last["ok"] is True and r.failures == 0
+
+
+@pytest.mark.parametrize("fatal", [woci.SignInNeeded("sign in"),
+                                   woci.RefreshTokenError("damaged")])
+def test_failures_waiting_cannot_fix_stop_the_background(clock, fatal):
+    """A refused refresh token or an unreadable one is raised, not retried."""
+    now = int(clock())
+    r = renewer(clock, make_token(now - 3500, now + 100), [fatal])
+
+    with pytest.raises(type(fatal)):
+        r.step()
+
+
+def test_the_background_never_signs_in(clock):
+    """The renewer's manager may not open a browser, whatever the settings say."""
+    now = int(clock())
+    r = renewer(clock, make_token(now, now + 3600), [])
+
+    assert r.manager.can_sign_in is False
+    assert r.manager.settings.interactive is True
+
+
+def test_daemon_loop_exits_1_on_a_fatal_failure_and_0_when_stopped(clock, tmp_path):
+    """daemon_loop: exit 1 when the refresh token is refused, 0 when a signal stops it."""
+    now = int(clock())
+    paths = woci.SessionPaths(tmp_path)
+    fatal = renewer(clock, make_token(now - 3500, now + 100), [woci.SignInNeeded("x")],
+                    tmp_path=tmp_path)
+    assert woci.daemon_loop(fatal, paths, threading.Event()) == woci.EXIT_FAILURE
+
+    stopping = threading.Event()
+    stopping.set()
+    calm = renewer(clock, make_token(now, now + 3600), [], tmp_path=tmp_path)
+    assert woci.daemon_loop(calm, paths, stopping) == woci.EXIT_OK
+
+
+def test_daemon_state_file_records_the_last_renewal(clock, tmp_path):
+    """After a renewal the state file holds its time, outcome and the next check."""
+    now = int(clock())
+    paths = woci.SessionPaths(tmp_path)
+    r = renewer(clock, make_token(now - 3500, now + 100), [make_token(now, now + 3600)],
+                tmp_path=tmp_path)
+    wait = r.step()
+
+    woci.write_daemon_state(paths, r, r.manager.read_token(), clock() + wait)
+
+    state = json.loads(paths.daemon_state.read_text())
+    assert state["last_renewal"]["ok"] is True
+    assert state["next_renewal"] == clock() + 60
+    assert (paths.daemon_state.stat().st_mode & 0o777) == 0o600
+
+
+def _hold_pid_file(path, ready, release):
+    pid_file = woci.PidFile(Path(path))
+    assert pid_file.acquire()
+    ready.set()
+    release.wait(10)
+    pid_file.release()
+
+
+def test_pid_file_lock_tells_a_live_daemon_from_a_stale_file(tmp_path):
+    """A held pid file is a live daemon; the same file unheld is stale and removed."""
+    path = tmp_path / "woci_refresh.pid"
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold_pid_file, args=(str(path), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        assert woci.PidFile(path).holder() == holder.pid
+        assert woci.PidFile(path).acquire() is False
+    finally:
+        release.set()
+        holder.join(10)
+    path.write_text(f"{holder.pid}\n")   # what a SIGKILLed daemon leaves behind
+
+    assert woci.PidFile(path).holder() is None
+    assert not path.exists()
