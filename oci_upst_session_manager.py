@@ -1038,13 +1038,13 @@ class RefreshTokenStore:
 
     def save(self, token: str) -> None:
         if self.passphrase.configured:
-            creating = not self._holds_encrypted()
+            creating = not self.holds_encrypted()
             data = encrypt_refresh_token(token, self.passphrase.get(creating=creating))
         else:
             data = token.encode("utf-8")
         atomic_write(self.path, data)
 
-    def _holds_encrypted(self) -> bool:
+    def holds_encrypted(self) -> bool:
         try:
             raw = read_file_if_present(self.path)
         except StorageError:
@@ -1558,6 +1558,8 @@ class SessionManager:
                 return state
             if state.problem:
                 LOG.warning("%s; getting a new one", state.problem)
+            # An OCI config woci could not update must stop it before a refresh or a sign-in.
+            read_oci_config(self.settings.oci_config_file)
             if force != "sign-in" and self._renew_with_refresh_token():
                 return self.read_token()
             self._sign_in()
@@ -1596,7 +1598,7 @@ class SessionManager:
             raise SignInNeeded(sign_in_hint(self.settings))
         if self.passphrase.configured:
             # Ask before the browser opens: a sign-in must not be lost to a missing passphrase.
-            self.passphrase.get(creating=not self.refresh_tokens._holds_encrypted())
+            self.passphrase.get(creating=not self.refresh_tokens.holds_encrypted())
         code, verifier = browser_sign_in(self.settings, self.open_browser)
         tokens = redeem_code(self.settings, code, verifier)
         if tokens.refresh_token:
