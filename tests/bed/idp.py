@@ -1,0 +1,315 @@
+"""Launch the test OpenID provider (tests/idp/server.mjs) and watch its events.
+
+The provider is a real panva/oidc-provider in a Node child process, on a free
+127.0.0.1 port. It writes one JSON object per line on stdout for every event
+of interest (see server.mjs); this module collects them so tests can assert on
+server-side facts that never reach the client, e.g. why a refresh grant failed.
+
+    with TestIdP(tmp_path, access_token_ttl=60) as idp:
+        ...
+        assert idp.count("grant.success", grant_type="refresh_token") == 1
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+IDP_DIR = ROOT / "tests" / "idp"
+SERVER = IDP_DIR / "server.mjs"
+
+HTTP_TIMEOUT = 10.0
+
+PUBLIC_CLIENT_ID = "woci-public"
+CONFIDENTIAL_CLIENT_ID = "woci-confidential"
+DEFAULTS = {
+    "IDP_AUDIENCE": "urn:oci:woci",
+    "IDP_CONFIDENTIAL_CLIENT_SECRET": "s3cret-confidential",
+    "IDP_USER": "alice",
+    "IDP_PASSWORD": "wonderland-42",
+}
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (the usual bind-to-0 race is accepted)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env_name(key: str) -> str:
+    key = key.upper()
+    return key if key.startswith("IDP_") else "IDP_" + key
+
+
+def _matches(event: Dict[str, Any], name: str, match: Dict[str, Any]) -> bool:
+    return event.get("event") == name and all(event.get(k) == v for k, v in match.items())
+
+
+class TestIdP:
+    """One provider process. Overrides map to env vars: access_token_ttl=60 -> IDP_ACCESS_TOKEN_TTL=60."""
+
+    __test__ = False  # not a test class, despite the name
+
+    def __init__(self, workdir, **env_overrides: Any) -> None:
+        self.workdir = Path(workdir)
+        self.env_overrides = {
+            _env_name(k): ("1" if v is True else "0" if v is False else str(v))
+            for k, v in env_overrides.items()
+        }
+        self.settings = {**DEFAULTS, **self.env_overrides}
+        self.port: Optional[int] = None
+        self._proc: Optional[subprocess.Popen] = None
+        self._reader: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._events: List[Dict[str, Any]] = []
+        self._lines: List[str] = []
+        self._discovery: Optional[Dict[str, Any]] = None
+        self._log = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, timeout: float = 20.0) -> "TestIdP":
+        if self._proc is not None:
+            raise RuntimeError("TestIdP already started")
+        if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
+            raise RuntimeError("run `npm ci` in tests/idp (make test does it)")
+        node = shutil.which("node") or "/usr/bin/node"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        env = dict(os.environ)
+        env.update(self.env_overrides)
+        env["IDP_PORT"] = str(self.port)
+        self._log = open(self.workdir / "idp.log", "a", encoding="utf-8")
+        # stderr joins stdout: the library's warnings and any crash trace then
+        # land in the same captured output that start() reports on failure.
+        self._proc = subprocess.Popen(
+            [node, str(SERVER)],
+            cwd=str(IDP_DIR),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+        )
+        self._reader = threading.Thread(target=self._read, name="idp-stdout", daemon=True)
+        self._reader.start()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            output = self.output()
+            self.stop()
+            raise RuntimeError(f"test IdP did not start: see output below\n{output}") from None
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self.wait_for("listening", timeout=timeout)
+        url = self.issuer + "/.well-known/openid-configuration"
+        last_error: Optional[Exception] = None
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self._proc.returncode}")
+            try:
+                resp = requests.get(url, timeout=min(2.0, HTTP_TIMEOUT))
+                if resp.status_code == 200:
+                    self._discovery = resp.json()
+                    return
+                last_error = RuntimeError(f"discovery answered {resp.status_code}")
+            except requests.RequestException as exc:
+                last_error = exc
+            time.sleep(0.05)
+        raise TimeoutError(f"discovery not reachable in {timeout}s: {last_error}")
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            line = line.rstrip("\n")
+            if self._log is not None:
+                try:
+                    self._log.write(line + "\n")
+                    self._log.flush()
+                except ValueError:  # closed by stop() while we were reading
+                    pass
+            event = None
+            if line.startswith("{"):
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    event = None
+            with self._cond:
+                self._lines.append(line)
+                if isinstance(event, dict):
+                    self._events.append(event)
+                self._cond.notify_all()
+        with self._cond:  # EOF: wake waiters so they notice the exit
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+            self._reader = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "TestIdP":
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def output(self) -> str:
+        """Everything the process printed so far (for error messages)."""
+        with self._lock:
+            return "\n".join(self._lines)
+
+    # ------------------------------------------------------------ endpoints
+
+    @property
+    def issuer(self) -> str:
+        if self.port is None:
+            raise RuntimeError("TestIdP not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def discovery(self) -> Dict[str, Any]:
+        if self._discovery is None:
+            raise RuntimeError("TestIdP not started")
+        return dict(self._discovery)
+
+    @property
+    def discovery_url(self) -> str:
+        return self.issuer + "/.well-known/openid-configuration"
+
+    @property
+    def authorize_url(self) -> str:
+        return self.discovery["authorization_endpoint"]
+
+    @property
+    def token_url(self) -> str:
+        return self.discovery["token_endpoint"]
+
+    @property
+    def revocation_url(self) -> str:
+        return self.discovery["revocation_endpoint"]
+
+    @property
+    def introspection_url(self) -> str:
+        return self.discovery["introspection_endpoint"]
+
+    @property
+    def jwks_uri(self) -> str:
+        return self.discovery["jwks_uri"]
+
+    @property
+    def device_url(self) -> str:
+        return self.discovery["device_authorization_endpoint"]
+
+    @property
+    def audience(self) -> str:
+        return self.settings["IDP_AUDIENCE"]
+
+    # ------------------------------------------------------------ clients and user
+
+    public_client_id = PUBLIC_CLIENT_ID
+    confidential_client_id = CONFIDENTIAL_CLIENT_ID
+
+    @property
+    def confidential_client_secret(self) -> str:
+        return self.settings["IDP_CONFIDENTIAL_CLIENT_SECRET"]
+
+    @property
+    def user(self) -> str:
+        return self.settings["IDP_USER"]
+
+    @property
+    def password(self) -> str:
+        return self.settings["IDP_PASSWORD"]
+
+    # ------------------------------------------------------------ events
+
+    @property
+    def events(self) -> List[Dict[str, Any]]:
+        with self._lock:
+            return list(self._events)
+
+    def count(self, event: str, **match: Any) -> int:
+        return sum(1 for e in self.events if _matches(e, event, match))
+
+    def mark(self) -> int:
+        """Position in the event list; pass it to events_since()."""
+        with self._lock:
+            return len(self._events)
+
+    def events_since(self, mark: int, event: Optional[str] = None, **match: Any) -> List[Dict[str, Any]]:
+        with self._lock:
+            tail = list(self._events[mark:])
+        if event is None:
+            return tail
+        return [e for e in tail if _matches(e, event, match)]
+
+    def wait_for(self, event: str, timeout: float = 10.0, since: int = 0, **match: Any) -> Dict[str, Any]:
+        """First event (at or after index `since`) named `event` whose fields equal `match`."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for e in self._events[since:]:
+                    if _matches(e, event, match):
+                        return e
+                remaining = deadline - time.monotonic()
+                proc = self._proc
+                if proc is None or (proc.poll() is not None and self._reader is not None
+                                    and not self._reader.is_alive()):
+                    raise RuntimeError(f"test IdP not running while waiting for {event} {match}")
+                if remaining <= 0:
+                    raise TimeoutError(f"no {event} event matching {match} within {timeout}s")
+                self._cond.wait(min(remaining, 0.2))
+
+    # ------------------------------------------------------------ helpers
+
+    def revoke(self, token: str, client_id: Optional[str] = None, client_secret: Optional[str] = None,
+               token_type_hint: Optional[str] = None) -> requests.Response:
+        """RFC 7009 revocation; public clients send client_id in the body, confidential ones Basic."""
+        data = {"token": token}
+        if token_type_hint:
+            data["token_type_hint"] = token_type_hint
+        auth = None
+        if client_secret is not None:
+            auth = (client_id or self.confidential_client_id, client_secret)
+        else:
+            data["client_id"] = client_id or self.public_client_id
+        return requests.post(self.revocation_url, data=data, auth=auth, timeout=HTTP_TIMEOUT)
+
+    def __repr__(self) -> str:
+        return f"<TestIdP {self.issuer if self.port else '(not started)'}>"
