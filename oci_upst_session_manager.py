@@ -499,9 +499,10 @@ def split_command_line(argv: List[str]) -> CommandLine:
 
 def oci_action(oci_args: List[str]) -> str:
     """What the oci arguments ask of woci: none, authenticate, refresh, or run."""
-    words = [a for a in _without_passthrough(oci_args) if not a.startswith("-")]
-    if not oci_args:
-        return "none"
+    rest = _without_passthrough(oci_args)
+    if not rest:
+        return "none"   # only --profile and friends: nothing for oci to do
+    words = [a for a in rest if not a.startswith("-")]
     if words[:2] == ["session", "authenticate"]:
         return "authenticate"
     if words[:2] == ["session", "refresh"]:

@@ -59,6 +59,7 @@ def test_woci_stdout_on_the_kubectl_path_is_only_oci_output(user):
 
 @pytest.fixture
 def kube_api(tmp_path, emulator):
+    (tmp_path / "kube").mkdir()
     with KubeApiServer(tmp_path / "kube", emulator.public_key, CLUSTER_ID, REGION) as server:
         yield server
 

@@ -158,7 +158,7 @@ def test_oci_arguments_reach_oci_unchanged(user):
                       "--endpoint", user.emulator.url, "--no-retry")
 
     assert result.returncode == 2  # oci's own usage error: it got --scope
-    assert "--scope" in result.stderr or "no such option" in result.stderr.lower()
+    assert "No such option '--scope'" in result.stdout + result.stderr
     assert "woci: error" not in result.stderr
 
 
