@@ -766,8 +766,15 @@ class SessionPaths:
 
 
 def ensure_private_folder(folder: Path) -> None:
+    """The folder, mode 0700, with any missing parents (~/.oci, sessions) made 0700 too."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        missing.append(candidate)
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for path in reversed(missing):
+            path.mkdir(mode=0o700, exist_ok=True)
         if folder.stat().st_mode & 0o077:
             folder.chmod(0o700)
     except OSError as exc:
