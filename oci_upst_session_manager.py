@@ -551,6 +551,7 @@ class Settings:
     auto_refresh: bool = False
     refresh_safety_window: float = DEFAULT_REFRESH_SAFETY_WINDOW
     log_level: str = DEFAULT_LOG_LEVEL
+    ca_bundle: Optional[str] = None       # env OCI_CLI_CERT_BUNDLE, as the OCI CLI reads it
 
     @property
     def redirect_uri(self) -> str:
@@ -723,6 +724,7 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
         manager_config_file=manager_path,
         cli_region=cmd.oci_options.get("region"),
         interactive=interactive,
+        ca_bundle=environ.get("OCI_CLI_CERT_BUNDLE") or None,
         **{k: v for k, v in values.items() if k in fields},
     )
 
@@ -1168,7 +1170,8 @@ def post_form(url: str, form: Mapping[str, str], what: str,
               basic: Optional[Tuple[str, str]] = None,
               now: Callable[[], float] = time.time,
               sleep: Callable[[float], None] = time.sleep,
-              jitter: Callable[[], float] = random.random) -> dict:
+              jitter: Callable[[], float] = random.random,
+              ca_bundle: Optional[str] = None) -> dict:
     """POST a form and return the JSON answer, retrying what a retry can fix.
 
     Timeouts, refused connections, 429 and 5xx are retried with exponential backoff and
@@ -1177,6 +1180,8 @@ def post_form(url: str, form: Mapping[str, str], what: str,
     """
     import requests
 
+    # Without a bundle of its own, requests reads REQUESTS_CA_BUNDLE and proxies from env.
+    tls = {"verify": ca_bundle} if ca_bundle else {}
     last_problem = ""
     skew: Optional[float] = None
     for attempt in range(HTTP_ATTEMPTS):
@@ -1187,7 +1192,7 @@ def post_form(url: str, form: Mapping[str, str], what: str,
                 response = session.post(
                     url, data=dict(form), timeout=HTTP_TIMEOUT,
                     headers={"Accept": "application/json"},
-                    auth=basic if basic else _no_netrc, allow_redirects=False)
+                    auth=basic if basic else _no_netrc, allow_redirects=False, **tls)
         except requests.exceptions.SSLError as exc:
             raise HttpError(f"TLS failure talking to the {what} at {url}: "
                             f"{_short_cause(exc)}") from exc
@@ -1260,7 +1265,8 @@ def redeem_code(settings: Settings, code: str, verifier: str) -> TokenResponse:
             "redirect_uri": settings.redirect_uri, "client_id": settings.auth_client_id,
             "code_verifier": verifier}
     try:
-        document = post_form(settings.token_url, form, "token endpoint", _client_auth(settings))
+        document = post_form(settings.token_url, form, "token endpoint", _client_auth(settings),
+                             ca_bundle=settings.ca_bundle)
     except OAuthError as exc:
         raise AuthError(f"sign-in failed: {exc}") from exc
     return _token_response(document, settings.token_url)
@@ -1270,7 +1276,8 @@ def refresh_grant(settings: Settings, refresh_token: str) -> TokenResponse:
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token,
             "client_id": settings.auth_client_id}
     try:
-        document = post_form(settings.token_url, form, "token endpoint", _client_auth(settings))
+        document = post_form(settings.token_url, form, "token endpoint", _client_auth(settings),
+                             ca_bundle=settings.ca_bundle)
     except OAuthError as exc:
         if exc.error == "invalid_grant":
             raise GrantRefused(f"the provider refused the stored refresh token ({exc.error})"
@@ -1484,7 +1491,8 @@ def request_upst(settings: Settings, access_token: str, key) -> str:
             "public_key": base64.b64encode(public_key_der(key)).decode("ascii")}
     try:
         document = post_form(settings.token_exchange_url, form, "OCI token exchange",
-                             (settings.client_id, settings.client_secret))
+                             (settings.client_id, settings.client_secret),
+                             ca_bundle=settings.ca_bundle)
     except OAuthError as exc:
         raise ExchangeError(str(exc)) from exc
     upst = document.get("token")
@@ -1606,7 +1614,8 @@ class SessionManager:
             raise SignInNeeded(sign_in_hint(self.settings))
         if self.passphrase.configured:
             # Ask before the browser opens: a sign-in must not be lost to a missing passphrase.
-            self.passphrase.get(creating=not self.refresh_tokens.holds_encrypted())
+            # Asked twice unless it already opened the old file: a typo would lock the user out.
+            self.passphrase.get(creating=True)
         code, verifier = browser_sign_in(self.settings, self.open_browser)
         tokens = redeem_code(self.settings, code, verifier)
         if tokens.refresh_token:
