@@ -393,3 +393,34 @@ def test_world_readable_manager_ini_with_a_secret_draws_a_warning(user):
 
     assert_namespace_printed(result)
     assert "chmod 600" in result.stderr
+
+
+def test_oci_child_gets_only_the_users_arguments(user, tmp_path):
+    """The oci woci starts sees the profile, --auth and the user's arguments: no secret."""
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    argv_file = tmp_path / "oci-argv"
+    (fake_bin / "oci").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {argv_file}\n')
+    (fake_bin / "oci").chmod(0o755)
+    env = user.env()
+    env["PATH"] = f"{fake_bin}{os.pathsep}{env['PATH']}"
+
+    result = user.run("--profile", user.profile, "os", "ns", "get", env=env)
+
+    assert result.returncode == 0, result.stderr
+    # The user gave --profile, so woci adds only --auth, then passes theirs on in order.
+    assert argv_file.read_text().split() == ["--auth", "security_token", "--profile",
+                                             user.profile, "os", "ns", "get"]
+
+
+def test_missing_oci_is_exit_127_with_one_line(user):
+    """oci not on PATH: the session is made, then exit 127 saying how to install oci."""
+    env = user.env()
+    env["PATH"] = "/nonexistent"
+
+    result = subprocess.run([str(WOCI), "--profile", user.profile, "os", "ns", "get"],
+                            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=90)
+
+    assert result.returncode == 127
+    assert "oci not found" in result.stderr
