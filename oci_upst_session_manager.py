@@ -897,7 +897,9 @@ def read_session_token(paths: SessionPaths) -> TokenState:
     if raw is None:
         return TokenState(None, None, None)
     try:
-        token = raw.decode("ascii").strip()
+        token = raw.decode("ascii")
+        if token != token.strip():
+            raise ValueError("it has surrounding white space, which oci rejects")
         return TokenState(token, jwt_expiry(token), None)
     except (UnicodeDecodeError, ValueError) as exc:
         reason = "not text" if isinstance(exc, UnicodeDecodeError) else str(exc)
@@ -1081,6 +1083,8 @@ def read_oci_config(path: Path) -> Tuple[Optional[str], configparser.ConfigParse
 
 
 def _is_section_header(line: str) -> Optional[str]:
+    if line[:1].isspace():
+        return None   # an indented line continues a value, as configparser reads it
     stripped = line.strip()
     if stripped.startswith("[") and stripped.endswith("]") and len(stripped) > 2:
         return stripped[1:-1]
@@ -1090,10 +1094,9 @@ def _is_section_header(line: str) -> Optional[str]:
 def _key_of(line: str) -> Optional[str]:
     if not line.strip() or line[:1].isspace() or line.lstrip()[:1] in ("#", ";"):
         return None
-    for sep in ("=", ":"):
-        if sep in line:
-            return line.split(sep, 1)[0].strip().lower()
-    return None
+    # configparser's rule: the key ends at the first '=' or ':', whichever comes first.
+    cut = min((line.find(sep) for sep in ("=", ":") if sep in line), default=-1)
+    return line[:cut].strip().lower() if cut >= 0 else None
 
 
 def upsert_profile(text: Optional[str], profile: str, values: Mapping[str, str]) -> str:
@@ -1337,6 +1340,8 @@ def open_callback_server(port: int, path: str, state: str):
 
     class CallbackHandler(http.server.BaseHTTPRequestHandler):
         server: CallbackServer
+        # Browsers open idle preconnect sockets: one must not hold the wait past its deadline.
+        timeout = 1.0
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             parts = urllib.parse.urlsplit(self.path)

@@ -233,7 +233,8 @@ class Flow:
                 return
             if code_form is not None and not parser.error_text:
                 # Device flow: verification_uri_complete pre-fills the user code.
-                values = {"user_code": os.environ["WOCI_TEST_USER_CODE"]} if os.environ.get("WOCI_TEST_USER_CODE") else {}
+                user_code = os.environ.get("WOCI_TEST_USER_CODE")
+                values = {"user_code": user_code} if user_code else {}
                 data = form_data(code_form, "submit-code", **values)
                 resp, url = self.navigate("POST", urljoin(url, code_form["action"]), data)
             elif confirm_form is not None:

@@ -1,0 +1,465 @@
+"""Section 5: the form POST (auth, retries, errors), the grants, the callback server and the
+browser sign-in, against real local HTTP servers."""
+
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+
+import pytest
+import requests
+
+import oci_upst_session_manager as woci
+from tests.unit.fakes import (
+    NO_PROXY,
+    Answer,
+    LocalServer,
+    free_port,
+    json_answer,
+    make_settings,
+    s256,
+)
+
+OK = json_answer(200, {"access_token": "at-1", "refresh_token": "rt-2"})
+
+
+class Sleeps(list):
+    """A sleep that records the delays instead of waiting."""
+
+    def __call__(self, seconds):
+        self.append(seconds)
+
+
+def post(server, form=None, basic=None, sleep=None, path="/token"):
+    return woci.post_form(server.url + path, form or {"a": "1"}, "token endpoint", basic,
+                          sleep=sleep if sleep is not None else Sleeps(),
+                          jitter=lambda: 0.0)
+
+
+# --- post_form -----------------------------------------------------------------------------------
+
+
+def test_form_is_url_encoded_with_json_accept():
+    """The body is application/x-www-form-urlencoded with every field; JSON is asked for."""
+    with LocalServer([OK]) as server:
+        answer = post(server, {"grant_type": "refresh_token", "scope": "openid offline_access",
+                               "odd": "a&b=c"})
+    assert answer == {"access_token": "at-1", "refresh_token": "rt-2"}
+    (request,) = server.requests
+    assert request.method == "POST" and request.path == "/token"
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert request.headers["accept"] == "application/json"
+    assert request.form == {"grant_type": "refresh_token", "scope": "openid offline_access",
+                            "odd": "a&b=c"}
+
+
+@pytest.fixture
+def netrc_home(tmp_path, monkeypatch):
+    """A HOME whose ~/.netrc (also named by NETRC) has credentials for 127.0.0.1."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-pass\n")
+    netrc.chmod(0o600)
+    # requests reads ~/.netrc from the process environment: there is no seam but this.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(netrc))
+    return tmp_path
+
+
+def test_netrc_is_never_used(netrc_home):
+    """A public client sends no Authorization even with a netrc for the host; a confidential
+    client sends its own Basic, not the netrc's."""
+    with LocalServer([OK]) as server:
+        requests.post(server.url + "/control", data={"x": "1"}, timeout=5)
+        woci.refresh_grant(make_settings(token_url=server.url + "/token"), "rt-1")
+        woci.refresh_grant(make_settings(token_url=server.url + "/token",
+                                         auth_client_secret="idp-secret"), "rt-1")
+    control, public, confidential = server.requests
+    assert control.basic == ("netrc-user", "netrc-pass")  # the netrc would be picked up
+    assert "authorization" not in public.headers
+    assert public.form["client_id"] == "idp-client"
+    assert confidential.basic == ("idp-client", "idp-secret")
+    assert confidential.form["client_id"] == "idp-client"
+
+
+def test_retries_server_errors_then_succeeds():
+    """500, 502, then 200: three requests, two backoff waits, the JSON answer."""
+    sleeps = Sleeps()
+    with LocalServer([json_answer(500, {}), Answer(502, b"bad gateway"), OK]) as server:
+        assert post(server, sleep=sleeps)["access_token"] == "at-1"
+    assert len(server.requests) == 3
+    assert sleeps == [0.25, 0.5]
+
+
+def test_429_retry_after_is_honoured():
+    """429 with Retry-After: 7 waits 7 s (recorded, not slept), then succeeds."""
+    sleeps = Sleeps()
+    with LocalServer([json_answer(429, {"error": "slow_down"}, **{"Retry-After": "7"}),
+                      OK]) as server:
+        assert post(server, sleep=sleeps)["access_token"] == "at-1"
+    assert sleeps == [7.0]
+
+
+def test_dropped_connection_is_retried():
+    """A connection closed without an answer is retried."""
+    sleeps = Sleeps()
+    with LocalServer([Answer(drop=True), OK]) as server:
+        assert post(server, sleep=sleeps)["access_token"] == "at-1"
+    assert len(server.requests) == 2 and len(sleeps) == 1
+
+
+def test_gives_up_after_the_attempts_naming_the_url():
+    """Always 503: HTTP_ATTEMPTS requests, then HttpError naming the URL and the last status."""
+    sleeps = Sleeps()
+    with LocalServer([Answer(503, b"down")]) as server, pytest.raises(woci.HttpError) as info:
+        post(server, sleep=sleeps)
+    assert len(server.requests) == woci.HTTP_ATTEMPTS
+    assert len(sleeps) == woci.HTTP_ATTEMPTS - 1
+    message = str(info.value)
+    assert f"{server.url}/token" in message
+    assert f"failed {woci.HTTP_ATTEMPTS} times" in message and "HTTP 503" in message
+    assert info.value.exit_code == 1
+
+
+def test_unreachable_endpoint_gives_up_with_connection_refused():
+    """Nothing listening: retried, then 'connection refused' with the URL."""
+    port = free_port()
+    sleeps = Sleeps()
+    url = f"http://127.0.0.1:{port}/token"
+    with pytest.raises(woci.HttpError) as info:
+        woci.post_form(url, {}, "token endpoint", sleep=sleeps, jitter=lambda: 0.0)
+    assert url in str(info.value) and "connection refused" in str(info.value)
+    assert len(sleeps) == woci.HTTP_ATTEMPTS - 1
+
+
+def test_html_answer_is_an_http_error():
+    """An HTML page instead of JSON: HttpError saying so, not retried."""
+    with LocalServer([Answer(200, b"<html>login</html>", {"Content-Type": "text/html"})]) as srv, \
+         pytest.raises(woci.HttpError) as info:
+        post(srv)
+    assert "HTTP 200 with text/html instead of JSON" in str(info.value)
+    assert f"{srv.url}/token" in str(info.value)
+    assert len(srv.requests) == 1
+
+
+def test_oauth_error_json_is_an_oauth_error():
+    """400 with error/error_description: OAuthError carrying both, not retried."""
+    with LocalServer([json_answer(400, {"error": "invalid_scope",
+                                        "error_description": "scope x unknown"})]) as server, \
+         pytest.raises(woci.OAuthError) as info:
+        post(server)
+    assert info.value.error == "invalid_scope" and info.value.status == 400
+    assert "refused the request: invalid_scope: scope x unknown" in str(info.value)
+    assert len(server.requests) == 1
+
+
+def test_error_object_with_status_200_is_still_an_error():
+    """A 200 whose JSON holds `error` is an OAuthError."""
+    with LocalServer([json_answer(200, {"error": "access_denied"})]) as server, \
+         pytest.raises(woci.OAuthError, match="access_denied"):
+        post(server)
+
+
+def test_clock_skew_is_mentioned_when_the_server_date_is_10_minutes_off():
+    """Server clock 10 min ahead: the error says this machine is about 600 s behind."""
+    with LocalServer([json_answer(400, {"error": "invalid_grant"})], date_offset=600) as server, \
+         pytest.raises(woci.OAuthError) as info:
+        post(server)
+    message = str(info.value)
+    assert "this machine's clock is" in message and "behind the server's" in message
+    assert any(f"{n} s behind" in message for n in range(595, 606))
+
+
+def test_clock_skew_is_mentioned_after_failed_retries():
+    """Giving up after 503s from a server 10 min behind says this clock is ahead."""
+    with LocalServer([Answer(503, b"down")], date_offset=-600) as server, \
+         pytest.raises(woci.HttpError, match="ahead of the server's"):
+        post(server)
+
+
+def test_no_clock_note_when_clocks_agree():
+    """A server with the same time gets no clock remark."""
+    with LocalServer([json_answer(400, {"error": "invalid_grant"})]) as server, \
+         pytest.raises(woci.OAuthError) as info:
+        post(server)
+    assert "clock" not in str(info.value)
+
+
+# --- grants --------------------------------------------------------------------------------------
+
+
+def test_refresh_grant_sends_the_refresh_token_and_returns_the_rotated_one():
+    """grant_type=refresh_token, the token, client_id; the answer's tokens come back."""
+    with LocalServer([OK]) as server:
+        tokens = woci.refresh_grant(make_settings(token_url=server.url + "/token"), "rt-1")
+    assert tokens == ("at-1", "rt-2")
+    assert server.requests[0].form == {"grant_type": "refresh_token", "refresh_token": "rt-1",
+                                       "client_id": "idp-client"}
+
+
+def test_refresh_grant_invalid_grant_is_grant_refused():
+    """invalid_grant means only a new sign-in helps: GrantRefused."""
+    with LocalServer([json_answer(400, {"error": "invalid_grant"})]) as server, \
+         pytest.raises(woci.GrantRefused) as info:
+        woci.refresh_grant(make_settings(token_url=server.url + "/token"), "rt-1")
+    assert "refused the stored refresh token" in str(info.value)
+    assert "rt-1" not in str(info.value)
+
+
+def test_refresh_grant_other_errors_are_not_grant_refused():
+    """invalid_client is an AuthError saying 'refresh failed', not a reason to sign in."""
+    with LocalServer([json_answer(401, {"error": "invalid_client"})]) as server, \
+         pytest.raises(woci.AuthError) as info:
+        woci.refresh_grant(make_settings(token_url=server.url + "/token"), "rt-1")
+    assert not isinstance(info.value, woci.GrantRefused)
+    assert "refresh failed" in str(info.value) and "invalid_client" in str(info.value)
+
+
+def test_answer_without_access_token_is_an_auth_error():
+    """A 200 without access_token cannot be exchanged: AuthError naming the endpoint."""
+    with LocalServer([json_answer(200, {"refresh_token": "rt"})]) as server, \
+         pytest.raises(woci.AuthError, match="without an access_token"):
+        woci.refresh_grant(make_settings(token_url=server.url + "/token"), "rt-1")
+
+
+def test_answer_without_refresh_token_keeps_none():
+    """No refresh_token in the answer: None, so the stored one is kept."""
+    with LocalServer([json_answer(200, {"access_token": "at"})]) as server:
+        assert woci.refresh_grant(make_settings(token_url=server.url + "/token"), "r") == (
+            "at", None)
+
+
+def test_redeem_code_sends_code_verifier_and_redirect_uri():
+    """The code grant carries code, redirect_uri, client_id and the PKCE verifier."""
+    with LocalServer([OK]) as server:
+        settings = make_settings(token_url=server.url + "/token", redirect_port=8765)
+        woci.redeem_code(settings, "the-code", "the-verifier")
+    assert server.requests[0].form == {
+        "grant_type": "authorization_code", "code": "the-code",
+        "redirect_uri": "http://127.0.0.1:8765/callback", "client_id": "idp-client",
+        "code_verifier": "the-verifier"}
+
+
+def test_redeem_code_refused_is_a_sign_in_failure():
+    """A refused code is an AuthError starting 'sign-in failed'."""
+    with LocalServer([json_answer(400, {"error": "invalid_grant"})]) as server, \
+         pytest.raises(woci.AuthError, match="^sign-in failed"):
+        woci.redeem_code(make_settings(token_url=server.url + "/token"), "c", "v")
+
+
+# --- the callback server -------------------------------------------------------------------------
+
+
+def get(url):
+    """GET a URL; (status, body) even for error statuses."""
+    try:
+        with NO_PROXY.open(url, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.fixture
+def callback():
+    """A callback server on a free port expecting state 'st8'; closed afterwards."""
+    port = free_port()
+    server = woci.open_callback_server(port, "/callback", "st8")
+    server.base = f"http://127.0.0.1:{port}"
+    try:
+        yield server
+    finally:
+        server.server_close()
+
+
+def visit_and_wait(server, *paths):
+    """Visit the paths in a thread (as the browser) while waiting for the result here."""
+    pages = []
+
+    def browser():
+        for path in paths:
+            pages.append(get(server.base + path))
+
+    thread = threading.Thread(target=browser, daemon=True)
+    thread.start()
+    result = woci.wait_for_callback(server, 10)
+    thread.join(timeout=10)
+    return result, pages
+
+
+def test_callback_success_page(callback):
+    """The right state and a code: the code, and a 200 'Signed in' page."""
+    result, pages = visit_and_wait(callback, "/callback?code=c-1&state=st8")
+    assert result == ("c-1", None)
+    assert pages[0][0] == 200 and "Signed in" in pages[0][1]
+    assert callback.server_address[0] == "127.0.0.1"
+
+
+def test_callback_error_from_the_provider(callback):
+    """error=access_denied with a description: both shown to the user, escaped in the page."""
+    result, pages = visit_and_wait(
+        callback, "/callback?error=access_denied&error_description=<b>User+said+no</b>&state=st8")
+    assert result.code is None
+    assert result.error == "the provider refused the sign-in: access_denied: <b>User said no</b>"
+    status, body = pages[0]
+    assert status == 400 and "&lt;b&gt;User said no&lt;/b&gt;" in body and "<b>" not in body
+
+
+def test_callback_wrong_state(callback):
+    """Another state: refused as not from this sign-in, even with a code."""
+    result, pages = visit_and_wait(callback, "/callback?code=c-1&state=forged")
+    assert result.code is None and "wrong state" in result.error
+    assert pages[0][0] == 400
+
+
+def test_callback_missing_code(callback):
+    """The right state but no code: 'no authorization code'."""
+    result, _ = visit_and_wait(callback, "/callback?state=st8")
+    assert result == (None, "the sign-in answer carried no authorization code")
+
+
+def test_stray_requests_do_not_end_the_wait(callback):
+    """/favicon.ico and other paths get a 404 and the wait goes on to the real callback."""
+    result, pages = visit_and_wait(callback, "/favicon.ico", "/other?code=x&state=st8",
+                                   "/callback?code=c-2&state=st8")
+    assert result == ("c-2", None)
+    assert [status for status, _ in pages] == [404, 404, 200]
+
+
+def test_callback_wait_times_out_with_a_clear_message(callback):
+    """Nobody comes back: AuthError 'timed out' naming login_timeout, within the deadline."""
+    start = time.monotonic()
+    with pytest.raises(woci.AuthError) as info:
+        woci.wait_for_callback(callback, 0.3)
+    assert time.monotonic() - start < 2
+    assert "sign-in timed out" in str(info.value) and "login_timeout" in str(info.value)
+
+
+def test_idle_connection_does_not_block_the_callback(callback):
+    """A browser's unused preconnect socket must not stall the wait: the real callback that
+    follows it is still answered, within the login deadline."""
+    idle = socket.create_connection(callback.server_address)
+    outcome = {}
+
+    def waiter():
+        try:
+            outcome["result"] = woci.wait_for_callback(callback, 4)
+        except woci.WociError as exc:
+            outcome["result"] = exc
+
+    def browser():
+        try:
+            outcome["page"] = get(callback.base + "/callback?code=c-3&state=st8")
+        except OSError as exc:
+            outcome["page"] = exc
+
+    threads = [threading.Thread(target=waiter, daemon=True),
+               threading.Thread(target=browser, daemon=True)]
+    try:
+        for thread in threads:
+            thread.start()
+        threads[0].join(timeout=5)
+        stalled = threads[0].is_alive()
+    finally:
+        idle.close()
+        for thread in threads:
+            thread.join(timeout=6)
+    assert not stalled, "wait_for_callback stayed blocked on an idle connection past its deadline"
+    assert outcome["result"] == ("c-3", None)
+    assert outcome["page"][0] == 200
+
+
+def test_callback_port_in_use_is_an_auth_error():
+    """Port taken: AuthError naming the port and redirect_port."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(woci.AuthError) as info:
+            woci.open_callback_server(port, "/callback", "s")
+    assert f"port {port} on 127.0.0.1 is in use" in str(info.value)
+    assert "redirect_port" in str(info.value)
+
+
+# --- browser_sign_in -----------------------------------------------------------------------------
+
+
+class Browser:
+    """An open_browser that records the authorize URL and answers the callback itself."""
+
+    def __init__(self, answer=lambda query: {"code": "the-code", "state": query["state"]}):
+        self.answer = answer
+        self.urls = []
+        self.pages = []
+        self.done = threading.Event()
+
+    def __call__(self, url):
+        self.urls.append(url)
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+        params = self.answer(query)
+        if params is not None:
+            self.pages.append(get(woci.add_query(query["redirect_uri"], params)))
+        self.done.set()
+        return True
+
+    @property
+    def query(self):
+        return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.urls[0]).query))
+
+
+def test_browser_sign_in_sends_a_pkce_authorize_request(capsys):
+    """The authorize URL has every parameter; the verifier returned matches the challenge."""
+    port = free_port()
+    settings = make_settings(authz_base_url="https://idp.example/authorize?tenant=t1",
+                             redirect_port=port, scope="openid offline_access email")
+    browser = Browser()
+    code, verifier = woci.browser_sign_in(settings, browser)
+    assert code == "the-code"
+    query = browser.query
+    assert browser.urls[0].startswith("https://idp.example/authorize?")
+    assert query["tenant"] == "t1"
+    assert query["response_type"] == "code"
+    assert query["client_id"] == "idp-client"
+    assert query["redirect_uri"] == f"http://127.0.0.1:{port}/callback"
+    assert query["scope"] == "openid offline_access email"
+    assert len(query["state"]) >= 32
+    assert query["code_challenge_method"] == "S256"
+    assert query["code_challenge"] == s256(verifier)
+    assert "prompt" not in query
+    assert browser.done.wait(5) and browser.pages[0][0] == 200
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert browser.urls[0] in err
+
+
+def test_browser_sign_in_sends_prompt_when_set():
+    """prompt = consent in the settings: prompt=consent on the authorize URL."""
+    browser = Browser()
+    woci.browser_sign_in(make_settings(redirect_port=free_port(), prompt="consent"), browser)
+    assert browser.query["prompt"] == "consent"
+
+
+def test_browser_sign_in_states_differ_between_sign_ins():
+    """Each sign-in has its own random state and verifier."""
+    first, second = Browser(), Browser()
+    _, v1 = woci.browser_sign_in(make_settings(redirect_port=free_port()), first)
+    _, v2 = woci.browser_sign_in(make_settings(redirect_port=free_port()), second)
+    assert first.query["state"] != second.query["state"] and v1 != v2
+
+
+def test_browser_sign_in_refused_by_the_user():
+    """The provider redirects with access_denied: AuthError with the provider's words."""
+    browser = Browser(lambda q: {"error": "access_denied", "error_description": "no thanks",
+                                 "state": q["state"]})
+    with pytest.raises(woci.AuthError, match="access_denied: no thanks"):
+        woci.browser_sign_in(make_settings(redirect_port=free_port()), browser)
+
+
+def test_browser_sign_in_times_out_and_frees_the_port():
+    """A browser that never comes back: 'timed out', and the port can be used again."""
+    port = free_port()
+    with pytest.raises(woci.AuthError, match="timed out"):
+        woci.browser_sign_in(make_settings(redirect_port=port, login_timeout=0.3),
+                             Browser(lambda q: None))
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))
+

@@ -1,0 +1,378 @@
+"""Section 3: splitting argv between woci and oci, and settings from flags, INI and defaults."""
+
+import logging
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import oci_upst_session_manager as woci
+
+split = woci.split_command_line
+
+REQUIRED_INI = """\
+[COMMON]
+authz_base_url = https://idp.example/authorize
+token_url = https://idp.example/token
+auth_client_id = idp-client
+client_id = oci-client
+client_secret = oci-secret
+"""
+
+
+def settings_from(argv, ini_text=REQUIRED_INI, environ=None, path=Path("/cfg/woci_manager.ini")):
+    environ = {"HOME": "/home/u"} if environ is None else environ
+    ini = woci.parse_manager_ini(ini_text, str(path)) if ini_text is not None else None
+    return woci.build_settings(split(argv), environ, ini, path if ini else None)
+
+
+# --- split_command_line ------------------------------------------------------------------------
+
+
+def test_woci_options_before_the_command_are_consumed():
+    """Both `--opt value` and `--opt=value` are woci's; the rest goes to oci in order."""
+    cmd = split(["--scope", "openid", "--redirect-port=9000", "--auto-refresh", "os", "ns", "get"])
+    assert cmd.woci == {"scope": "openid", "redirect_port": "9000", "auto_refresh": True}
+    assert cmd.oci_args == ["os", "ns", "get"]
+    assert cmd.mode == "run"
+
+
+def test_value_of_an_option_may_look_like_an_option():
+    """The word after a valued option is its value even when it starts with '-'."""
+    cmd = split(["--scope", "--weird", "os"])
+    assert cmd.woci["scope"] == "--weird"
+    assert cmd.oci_args == ["os"]
+
+
+def test_status_after_the_command_goes_to_oci():
+    """`woci compute instance list --status RUNNING` gives --status to oci."""
+    cmd = split(["compute", "instance", "list", "--status", "RUNNING"])
+    assert cmd.oci_args == ["compute", "instance", "list", "--status", "RUNNING"]
+    assert cmd.woci == {}
+
+
+def test_woci_named_options_after_the_command_belong_to_oci():
+    """--scope, --client-id, --client-secret after the oci command are oci's, untouched."""
+    argv = ["iam", "something", "--scope", "x", "--client-id", "y", "--client-secret=z"]
+    cmd = split(argv)
+    assert cmd.woci == {}
+    assert cmd.oci_args == argv
+
+
+def test_double_dash_ends_woci_options():
+    """After `--`, even woci's option names go to oci, and `--` itself is not passed."""
+    cmd = split(["--auto-refresh", "--", "--scope", "s", "os"])
+    assert cmd.woci == {"auto_refresh": True}
+    assert cmd.oci_args == ["--scope", "s", "os"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["os", "ns", "get", "--manager-config", "/m.ini"],
+    ["os", "ns", "get", "--manager-config=/m.ini"],
+    ["--manager-config", "/m.ini", "os", "ns", "get"],
+    ["--", "os", "--manager-config", "/m.ini", "ns", "get"],
+])
+def test_manager_config_is_taken_anywhere_and_not_passed_on(argv):
+    """--manager-config anywhere (even after `--`) is woci's and never reaches oci."""
+    cmd = split(argv)
+    assert cmd.woci == {"manager_config": "/m.ini"}
+    assert cmd.oci_args == ["os", "ns", "get"]
+
+
+def test_oci_options_are_read_anywhere_and_still_passed_on():
+    """--profile/--config-file/--region/--auth are read in both forms and kept in place."""
+    argv = ["--profile", "dev", "os", "ns", "get", "--region=eu-frankfurt-1",
+            "--config-file", "/c", "--auth=security_token"]
+    cmd = split(argv)
+    assert cmd.oci_options == {"profile": "dev", "region": "eu-frankfurt-1",
+                               "config_file": "/c", "auth": "security_token"}
+    assert cmd.oci_args == argv
+
+
+def test_oci_option_before_woci_option_does_not_end_woci_options():
+    """`--profile p --auto-refresh os` : --auto-refresh is still woci's."""
+    cmd = split(["--profile", "p", "--auto-refresh", "os"])
+    assert cmd.woci == {"auto_refresh": True}
+    assert cmd.oci_args == ["--profile", "p", "os"]
+
+
+def test_exec_takes_the_rest_as_the_command():
+    """`--exec -- CMD ARGS` runs CMD with its own options, which woci does not read."""
+    cmd = split(["--auto-refresh", "--exec", "--", "./job.sh", "--scope", "x", "--profile", "q"])
+    assert cmd.mode == "exec"
+    assert cmd.exec_argv == ("./job.sh", "--scope", "x", "--profile", "q")
+    assert cmd.woci == {"auto_refresh": True}
+    assert split(["--exec", "make", "all"]).exec_argv == ("make", "all")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--exec"], "--exec needs a command"),
+    (["--exec", "--"], "--exec needs a command"),
+    (["--scope"], "--scope needs a value"),
+    (["os", "--profile"], "--profile needs a value"),
+    (["--manager-config"], "--manager-config needs a value"),
+    (["--auto-refresh=yes"], "--auto-refresh takes no value"),
+    (["--daemon=1"], "--daemon takes no value"),
+    (["--daemon", "--stop-daemon"], "--stop-daemon cannot be combined with --daemon"),
+])
+def test_bad_command_lines_are_usage_errors(argv, fragment):
+    """Missing values, values on flags and two modes are one-line usage errors (exit 2)."""
+    with pytest.raises(woci.ConfigError) as info:
+        split(argv)
+    assert fragment in str(info.value)
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("argv, mode", [
+    (["--help"], "help"), (["-h"], "help"), (["--version"], "version"),
+    (["--daemon"], "daemon"), (["--daemon-status"], "daemon_status"),
+    (["--stop-daemon"], "stop_daemon")])
+def test_mode_flags(argv, mode):
+    """Each mode flag selects its mode."""
+    assert split(argv).mode == mode
+
+
+@given(st.lists(st.sampled_from(["os", "ns", "get", "--status", "RUNNING", "--scope", "x",
+                                 "--client-id", "--debug", "-o", "json"]), min_size=1))
+def test_arguments_from_an_oci_command_on_reach_oci_unchanged(rest):
+    """Whatever follows the oci command word (with no woci-anywhere options) reaches oci as is."""
+    cmd = split(["--auto-refresh", "compute"] + rest)
+    assert cmd.oci_args == ["compute"] + rest
+    assert cmd.woci == {"auto_refresh": True}
+
+
+# --- oci_action ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("oci_args, action", [
+    ([], "none"),
+    (["session", "authenticate"], "authenticate"),
+    (["--profile", "p", "session", "authenticate", "--region", "r"], "authenticate"),
+    (["--profile=p", "session", "refresh"], "refresh"),
+    (["session", "validate"], "run"),
+    (["os", "ns", "get"], "run"),
+])
+def test_oci_action_reads_session_subcommands(oci_args, action):
+    """session authenticate/refresh are woci's; other commands run oci; nothing means none."""
+    assert woci.oci_action(oci_args) == action
+
+
+@pytest.mark.parametrize("oci_args", [["--profile", "dev"], ["--profile=dev"],
+                                      ["--region", "r", "--profile", "dev"]])
+def test_only_oci_options_is_no_command(oci_args):
+    """`woci --profile dev` is documented as "make sure the session is valid, run nothing"."""
+    assert woci.oci_action(oci_args) == "none"
+
+
+# --- build_settings ------------------------------------------------------------------------------
+
+
+def test_precedence_flag_over_profile_over_common_over_default():
+    """scope from the flag, redirect_port from [p], login_timeout from [COMMON], rest default."""
+    ini = REQUIRED_INI + """\
+scope = common-scope
+redirect_port = 7000
+login_timeout = 42
+
+[p]
+scope = profile-scope
+redirect_port = 7001
+"""
+    s = settings_from(["--profile", "p", "--scope", "flag-scope", "os"], ini)
+    assert s.scope == "flag-scope"
+    assert s.redirect_port == 7001
+    assert s.login_timeout == 42.0
+    assert s.refresh_safety_window == woci.DEFAULT_REFRESH_SAFETY_WINDOW
+    assert s.redirect_path == "/callback"
+    assert s.profile == "p"
+    assert s.token_exchange_url == "https://idp.example/token"
+    assert s.auth_client_secret is None
+
+
+def test_defaults_when_only_required_values_are_set():
+    """Defaults from the spec: scope, port 8181, 300 s login, interactive, WARNING."""
+    s = settings_from([], environ={"HOME": "/home/u"})
+    assert (s.scope, s.redirect_port, s.login_timeout, s.interactive, s.log_level) == (
+        "openid offline_access", 8181, 300, True, "WARNING")
+    assert s.profile == "DEFAULT"
+    assert s.redirect_uri == "http://127.0.0.1:8181/callback"
+    assert s.oci_config_file == Path("/home/u/.oci/config")
+
+
+def test_manager_ini_default_section_is_ordinary():
+    """[DEFAULT] gives nothing to profile p, and is the section of profile DEFAULT."""
+    ini = REQUIRED_INI + "\n[DEFAULT]\nscope = default-only\nredirect_port = 9999\n"
+    assert settings_from(["--profile", "p"], ini).scope == "openid offline_access"
+    s = settings_from([], ini)
+    assert s.profile == "DEFAULT"
+    assert (s.scope, s.redirect_port) == ("default-only", 9999)
+
+
+def test_profile_from_environment_and_flag_wins():
+    """OCI_CLI_PROFILE picks the profile; --profile beats it."""
+    env = {"HOME": "/h", "OCI_CLI_PROFILE": "envp"}
+    assert settings_from([], environ=env).profile == "envp"
+    assert settings_from(["--profile=flagp"], environ=env).profile == "flagp"
+
+
+@pytest.mark.parametrize("profile", ["a/b", "..", "."])
+def test_profile_that_cannot_be_a_folder_is_refused(profile):
+    """A profile name is a folder under sessions/: slashes and dots are refused."""
+    with pytest.raises(woci.ConfigError, match="cannot be a folder name"):
+        settings_from(["--profile", profile])
+
+
+@pytest.mark.parametrize("environ, argv, ini_extra, interactive", [
+    ({"CI": "true"}, [], "", False),
+    ({"CI": "1"}, [], "", False),
+    ({"CI": "false"}, [], "", True),
+    ({}, ["--non-interactive"], "", False),
+    ({}, [], "interactive = no\n", False),
+    ({"CI": "true"}, [], "interactive = true\n", False),
+])
+def test_interactive_is_false_when_any_source_says_so(environ, argv, ini_extra, interactive):
+    """CI=true, --non-interactive or interactive = false each make woci non-interactive."""
+    s = settings_from(argv, REQUIRED_INI + ini_extra, environ={"HOME": "/h", **environ})
+    assert s.interactive is interactive
+
+
+def test_missing_required_settings_are_listed_in_one_message():
+    """All five required keys, with their flags and where to set them, in one line, exit 2."""
+    with pytest.raises(woci.ConfigError) as info:
+        settings_from(["--profile", "p", "--client-id", "c"], ini_text=None)
+    message = str(info.value)
+    assert info.value.exit_code == 2
+    assert "\n" not in message
+    for key in ("authz_base_url", "token_url", "auth_client_id", "client_secret"):
+        assert key in message
+    assert "client_id (--client-id)" not in message
+    assert "[p]" in message and "[COMMON]" in message and "woci_manager.ini" in message
+
+
+@pytest.mark.parametrize("argv, ini_extra, fragment", [
+    (["--token-url", "ftp://x/token"], "", "token_url in --token-url must be an http(s) URL"),
+    ([], "[DEFAULT]\nauthz_base_url = idp.example/authorize\n", "must be an http(s) URL"),
+    (["--redirect-port", "0"], "", "port number 1-65535"),
+    (["--redirect-port", "65536"], "", "port number 1-65535"),
+    ([], "redirect_port = eighty\n", "port number 1-65535"),
+    (["--login-timeout", "soon"], "", "positive number of seconds"),
+    (["--refresh-safety-window", "-5"], "", "positive number of seconds"),
+    (["--login-timeout", "nan"], "", "positive number of seconds"),
+    (["--log-level", "chatty"], "", "one of DEBUG, INFO, WARNING, ERROR"),
+    ([], "encrypt_refresh_token = perhaps\n", "is not a boolean"),
+    ([], "redirect_path = callback\n", "must start with '/'"),
+])
+def test_bad_values_are_configuration_errors(argv, ini_extra, fragment):
+    """Bad URLs, ports, numbers, levels, booleans and paths: ConfigError (exit 2)."""
+    with pytest.raises(woci.ConfigError) as info:
+        settings_from(argv, REQUIRED_INI + ini_extra)
+    assert fragment in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_region_from_ini_and_from_the_command_line_are_kept_apart():
+    """INI region is `region`; --region is `cli_region` (written only to a profile without)."""
+    s = settings_from(["--region", "eu-1", "os"], REQUIRED_INI + "region = us-1\n")
+    assert (s.region, s.cli_region) == ("us-1", "eu-1")
+
+
+def test_ini_booleans_and_levels():
+    """encrypt_refresh_token = yes is true; log_level is case-insensitive."""
+    s = settings_from([], REQUIRED_INI + "encrypt_refresh_token = yes\nlog_level = debug\n")
+    assert s.encrypt_refresh_token is True and s.encryption_wanted is True
+    assert s.log_level == "DEBUG"
+
+
+def test_unknown_ini_keys_are_warned_about(caplog):
+    """A typo in the INI is named in a warning, not silently ignored."""
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        settings_from([], REQUIRED_INI + "tokn_url = x\n")
+    assert "tokn_url" in caplog.text
+
+
+# --- where the files are -------------------------------------------------------------------------
+
+
+def test_oci_config_file_resolution(tmp_path):
+    """--config-file > OCI_CLI_CONFIG_FILE > ~/.oci/config, with ~ from environ's HOME."""
+    env = {"HOME": str(tmp_path)}
+    assert woci.resolve_oci_config_file(split([]), env) == tmp_path / ".oci" / "config"
+    env2 = {**env, "OCI_CLI_CONFIG_FILE": "~/other"}
+    assert woci.resolve_oci_config_file(split([]), env2) == tmp_path / "other"
+    assert woci.resolve_oci_config_file(split(["--config-file", "/x/c"]), env2) == Path("/x/c")
+
+
+def test_manager_config_candidates(tmp_path):
+    """Flag > WOCI_MANAGER_CONFIG (explicit) > beside the OCI config > ~/.oci (discovered)."""
+    env = {"HOME": str(tmp_path)}
+    cfg = Path("/etc/oci/config")
+    assert woci.manager_config_candidates(split([]), env, cfg) == (
+        [Path("/etc/oci/woci_manager.ini"), tmp_path / ".oci" / "woci_manager.ini"], False)
+    env2 = {**env, "WOCI_MANAGER_CONFIG": "~/m.ini"}
+    assert woci.manager_config_candidates(split([]), env2, cfg) == ([tmp_path / "m.ini"], True)
+    assert woci.manager_config_candidates(split(["--manager-config", "/f.ini"]), env2, cfg) == (
+        [Path("/f.ini")], True)
+
+
+def test_explicit_manager_config_that_does_not_exist_is_an_error(tmp_path):
+    """An explicit path that is missing: exit 2 naming it."""
+    missing = tmp_path / "nope.ini"
+    with pytest.raises(woci.ConfigError) as info:
+        woci.load_manager_ini([missing], explicit=True)
+    assert str(missing) in str(info.value) and "does not exist" in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_explicit_manager_config_that_cannot_be_read_is_an_error(tmp_path):
+    """An explicit path that is a folder: exit 2, 'cannot read'."""
+    with pytest.raises(woci.ConfigError, match="cannot read manager config"):
+        woci.load_manager_ini([tmp_path], explicit=True)
+
+
+def test_discovered_manager_config_that_cannot_be_read_is_skipped_with_a_warning(tmp_path, caplog):
+    """An unreadable (folder) and an undecodable candidate are warned about; the next is used."""
+    unreadable = tmp_path / "a" / "woci_manager.ini"
+    unreadable.mkdir(parents=True)
+    binary = tmp_path / "b.ini"
+    binary.write_bytes(b"\xff\xfe[COMMON]\n")
+    good = tmp_path / "c.ini"
+    good.write_text("[COMMON]\nscope = s\n")
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        path, ini = woci.load_manager_ini([unreadable, binary, good], explicit=False)
+    assert path == good and ini.get("COMMON", "scope") == "s"
+    assert str(unreadable) in caplog.text and str(binary) in caplog.text
+    assert "going on without it" in caplog.text
+
+
+def test_no_manager_config_found_is_fine(tmp_path):
+    """Nothing discovered: no INI, no error."""
+    assert woci.load_manager_ini([tmp_path / "x.ini"], explicit=False) == (None, None)
+
+
+def test_duplicate_section_in_manager_config_is_an_error(tmp_path):
+    """A duplicate section: exit 2 naming the file and the section."""
+    path = tmp_path / "woci_manager.ini"
+    path.write_text("[p]\nscope = a\n[p]\nscope = b\n")
+    with pytest.raises(woci.ConfigError) as info:
+        woci.load_manager_ini([path], explicit=False)
+    assert str(path) in str(info.value) and "'p'" in str(info.value)
+    assert "not valid INI" in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_world_readable_ini_with_a_secret_is_warned_about(tmp_path, caplog):
+    """A 0644 INI holding client_secret gets a 'chmod 600' warning; 0600 or no secret: none."""
+    path = tmp_path / "woci_manager.ini"
+    path.write_text(REQUIRED_INI)
+    ini = woci.parse_manager_ini(REQUIRED_INI, str(path))
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        path.chmod(0o644)
+        woci.warn_if_secrets_exposed(path, ini)
+        assert f"chmod 600 {path}" in caplog.text
+        caplog.clear()
+        path.chmod(0o600)
+        woci.warn_if_secrets_exposed(path, ini)
+        path.chmod(0o644)
+        woci.warn_if_secrets_exposed(path, woci.parse_manager_ini("[p]\nscope = s\n", "x"))
+    assert caplog.text == ""

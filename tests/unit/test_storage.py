@@ -1,0 +1,630 @@
+"""Section 4: atomic writes, the profile lock, the session token, the refresh token store and
+the OCI config editor."""
+
+import base64
+import configparser
+import errno
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import oci_upst_session_manager as woci
+from tests.unit.fakes import make_settings, unsigned_jwt
+
+
+def mode_of(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# --- atomic_write and folders --------------------------------------------------------------------
+
+
+def test_atomic_write_is_private_by_default_and_leaves_no_temporary_files(tmp_path):
+    """The file holds exactly the data, mode 0600, and the folder holds nothing else."""
+    target = tmp_path / "token"
+    woci.atomic_write(target, b"abc")
+    woci.atomic_write(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert mode_of(target) == 0o600
+    assert os.listdir(tmp_path) == ["token"]
+
+
+def test_atomic_write_sets_the_requested_mode(tmp_path):
+    """A mode other than 0600 is applied (the OCI config keeps its own)."""
+    target = tmp_path / "config"
+    woci.atomic_write(target, b"x", 0o644)
+    assert mode_of(target) == 0o644
+
+
+@pytest.mark.parametrize("failing", ["replace", "fsync"])
+def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch, failing):
+    """A full disk at fsync or rename: StorageError naming the file, old content, no temp file."""
+    target = tmp_path / "token"
+    target.write_bytes(b"old")
+
+    def boom(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(woci.os, failing, boom)  # no seam for a failing disk
+    with pytest.raises(woci.StorageError) as info:
+        woci.atomic_write(target, b"new")
+    monkeypatch.undo()
+    assert str(target) in str(info.value) and "No space left" in str(info.value)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["token"]
+
+
+def test_atomic_write_into_a_missing_folder_is_a_storage_error(tmp_path):
+    """No folder: StorageError (exit 1) naming the file."""
+    with pytest.raises(woci.StorageError) as info:
+        woci.atomic_write(tmp_path / "missing" / "token", b"x")
+    assert "missing/token" in str(info.value) and info.value.exit_code == 1
+
+
+def test_private_folder_is_created_0700_and_tightened(tmp_path):
+    """A new session folder is 0700, and an existing 0755 one is made 0700."""
+    new = tmp_path / "a" / "sessions" / "p"
+    woci.ensure_private_folder(new)
+    assert mode_of(new) == 0o700
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    woci.ensure_private_folder(loose)
+    assert mode_of(loose) == 0o700
+
+
+# --- the profile lock ----------------------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+    mode = fcntl.LOCK_EX | (fcntl.LOCK_NB if sys.argv[2] == "try" else 0)
+    try:
+        fcntl.flock(fd, mode)
+    except OSError:
+        print("busy", flush=True)
+        sys.exit(0)
+    print("locked", flush=True)
+    sys.stdin.read()
+""")
+
+
+def lock_holder(path):
+    """A separate process that holds the lock until its stdin closes."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "wait"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def try_lock_elsewhere(path):
+    out = subprocess.run([sys.executable, "-c", HOLDER, str(path), "try"], input="",
+                         capture_output=True, text=True, timeout=20, check=False)
+    return out.stdout.strip()
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+def test_profile_lock_excludes_another_process(tmp_path):
+    """While woci holds the lock another process cannot take it; after release it can."""
+    path = tmp_path / "sessions" / "p" / "woci.lock"
+    with woci.ProfileLock(path, 5, "p"):
+        assert try_lock_elsewhere(path) == "busy"
+        assert mode_of(path) == 0o600
+        assert mode_of(path.parent) == 0o700
+    assert try_lock_elsewhere(path) == "locked"
+
+
+def test_profile_lock_waits_a_bounded_time_for_another_process(tmp_path):
+    """Held elsewhere: woci polls, then gives up with a message naming profile, wait and file."""
+    path = tmp_path / "woci.lock"
+    holder = lock_holder(path)
+    clock = FakeClock()
+    try:
+        with pytest.raises(woci.WociError) as info, \
+             woci.ProfileLock(path, 330, "dev", clock=clock, sleep=clock.sleep):
+            pass  # pragma: no cover - must not get here
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    message = str(info.value)
+    assert "another woci has been renewing profile dev for over 5 min" in message
+    assert str(path) in message
+    assert info.value.exit_code == 1
+    assert clock.t >= 330 and set(clock.sleeps) == {woci.LOCK_POLL_SECONDS}
+
+
+def test_profile_lock_is_taken_once_the_other_process_lets_go(tmp_path):
+    """The wait ends as soon as the holder exits."""
+    path = tmp_path / "woci.lock"
+    holder = lock_holder(path)
+    released = []
+
+    def sleep(seconds):
+        if not released:
+            holder.stdin.close()
+            holder.wait(timeout=10)
+            released.append(True)
+
+    with woci.ProfileLock(path, 30, "p", sleep=sleep) as lock:
+        assert lock.fd is not None
+    assert released
+
+
+def test_profile_lock_refuses_a_symlink(tmp_path):
+    """The lock file is opened with O_NOFOLLOW: a planted symlink is a StorageError."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / "woci.lock").symlink_to(victim)
+    with pytest.raises(woci.StorageError, match="cannot open lock file"), \
+         woci.ProfileLock(tmp_path / "woci.lock", 1, "p"):
+        pass  # pragma: no cover
+    assert victim.read_text() == "keep"
+
+
+# --- the session token ---------------------------------------------------------------------------
+
+
+def session_paths(tmp_path):
+    paths = woci.SessionPaths.for_profile("p", {"HOME": str(tmp_path)})
+    paths.folder.mkdir(parents=True)
+    return paths
+
+
+def test_session_paths_live_under_home_from_environ(tmp_path):
+    """~/.oci/sessions/<profile>/ with the spec's file names, HOME taken from environ."""
+    paths = woci.SessionPaths.for_profile("dev", {"HOME": str(tmp_path)})
+    assert paths.folder == tmp_path / ".oci" / "sessions" / "dev"
+    assert (paths.token.name, paths.key.name, paths.public_key.name,
+            paths.refresh_token.name) == ("token", "oci_api_key.pem", "oci_api_key_public.pem",
+                                          "refresh_token")
+
+
+def test_missing_session_token_is_no_problem(tmp_path):
+    """No token file: no token, no expiry, nothing to warn about."""
+    assert woci.read_session_token(session_paths(tmp_path)) == (None, None, None)
+
+
+def test_valid_session_token_is_read(tmp_path):
+    """A JWT with an integer exp gives the token and its expiry."""
+    paths = session_paths(tmp_path)
+    token = unsigned_jwt({"exp": 2_000_000_000})
+    paths.token.write_text(token)
+    assert woci.read_session_token(paths) == (token, 2_000_000_000, None)
+
+
+def test_session_token_with_a_trailing_newline_is_unusable(tmp_path):
+    """oci rejects a token file ending in a newline, so woci must renew it, not trust it."""
+    paths = session_paths(tmp_path)
+    paths.token.write_text(unsigned_jwt({"exp": 2_000_000_000}) + "\n")
+    state = woci.read_session_token(paths)
+    assert state.token is None and "white space" in state.problem
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "three dot-separated parts"),
+    (b"\x89PNG\xff\xfe\x00", "not text"),
+    (b"hello world", "three dot-separated parts"),
+    (unsigned_jwt({"sub": "x"}).encode(), "no integer 'exp'"),
+])
+def test_unusable_session_token_is_reported_not_raised(tmp_path, content, reason):
+    """Empty, binary, not-a-JWT or exp-less files: a problem naming the file and why."""
+    paths = session_paths(tmp_path)
+    paths.token.write_bytes(content)
+    state = woci.read_session_token(paths)
+    assert state.token is None and state.expires_at is None
+    assert str(paths.token) in state.problem and "unusable" in state.problem
+    assert reason in state.problem
+
+
+def test_session_token_that_is_a_folder_is_reported(tmp_path):
+    """A folder where the token should be is a problem, not a crash."""
+    paths = session_paths(tmp_path)
+    paths.token.mkdir()
+    assert "is a folder" in woci.read_session_token(paths).problem
+
+
+def test_session_is_fresh_only_beyond_the_margin():
+    """Valid for more than min_validity seconds: fresh; exactly at it or less: not."""
+    state = woci.TokenState("t", 1000, None)
+    assert woci.session_is_fresh(state, 900, 60)
+    assert not woci.session_is_fresh(state, 940, 60)
+    assert not woci.session_is_fresh(woci.TokenState(None, None, None), 0, 60)
+
+
+# --- passphrases ---------------------------------------------------------------------------------
+
+
+class Asker:
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.prompts = []
+
+    def __call__(self, prompt):
+        self.prompts.append(prompt)
+        return self.answers.pop(0)
+
+
+def source(environ=None, ask=None, tty=True, **overrides):
+    return woci.PassphraseSource(make_settings(**overrides), environ or {},
+                                 ask=ask or Asker(), stdin_is_tty=lambda: tty)
+
+
+def test_prompt_without_a_terminal_is_an_error():
+    """The prompt needs a terminal: without one, exit 2 naming the alternative."""
+    ask = Asker("never")
+    with pytest.raises(woci.RefreshTokenError) as info:
+        source(ask=ask, tty=False, refresh_token_passphrase_prompt=True).get()
+    assert "terminal" in str(info.value) and "refresh_token_passphrase_env" in str(info.value)
+    assert info.value.exit_code == 2
+    assert ask.prompts == []
+
+
+def test_passphrase_env_variable_missing_is_an_error():
+    """The configured variable is unset: exit 2 naming it."""
+    with pytest.raises(woci.RefreshTokenError) as info:
+        source({}, refresh_token_passphrase_env="WOCI_PW").get()
+    assert "WOCI_PW" in str(info.value) and info.value.exit_code == 2
+
+
+def test_passphrase_from_the_environment():
+    """The variable's value is the passphrase, without any prompt."""
+    ask = Asker()
+    assert source({"WOCI_PW": "s3cret"}, ask, refresh_token_passphrase_env="WOCI_PW").get() == \
+        "s3cret"
+    assert ask.prompts == []
+
+
+def test_prompt_wins_over_the_environment_and_is_asked_once():
+    """Both configured: the typed passphrase is used, and asked only once per process."""
+    ask = Asker("typed")
+    src = source({"WOCI_PW": "from-env"}, ask, refresh_token_passphrase_env="WOCI_PW",
+                 refresh_token_passphrase_prompt=True)
+    assert src.get() == "typed"
+    assert src.get() == "typed"
+    assert len(ask.prompts) == 1 and "profile p" in ask.prompts[0]
+
+
+def test_new_passphrase_must_be_confirmed():
+    """Creating: a mismatching repetition is refused and nothing is kept."""
+    with pytest.raises(woci.RefreshTokenError, match="differ"):
+        source(ask=Asker("one", "two"), refresh_token_passphrase_prompt=True).get(creating=True)
+    ask = Asker("same", "same")
+    assert source(ask=ask, refresh_token_passphrase_prompt=True).get(creating=True) == "same"
+    assert len(ask.prompts) == 2
+
+
+def test_empty_typed_passphrase_is_refused():
+    """An empty passphrase protects nothing."""
+    with pytest.raises(woci.RefreshTokenError, match="empty passphrase"):
+        source(ask=Asker(""), encrypt_refresh_token=True).get()
+
+
+# --- the refresh token store ---------------------------------------------------------------------
+
+
+def store(tmp_path, environ=None, **overrides):
+    path = tmp_path / "refresh_token"
+    return woci.RefreshTokenStore(path, source(environ, **overrides))
+
+
+def test_plain_refresh_token_round_trip(tmp_path):
+    """Without a passphrase the file is the token itself, mode 0600."""
+    s = store(tmp_path)
+    assert s.load() is None
+    s.save("rt-abc.123")
+    assert s.path.read_bytes() == b"rt-abc.123"
+    assert mode_of(s.path) == 0o600
+    assert s.load() == "rt-abc.123"
+    assert not s.holds_encrypted()
+
+
+def test_encrypted_refresh_token_round_trip(tmp_path):
+    """With a passphrase: JSON with version, KDF, iterations, salt, nonce; no plain token."""
+    s = store(tmp_path, {"PW": "correct horse"}, refresh_token_passphrase_env="PW")
+    s.save("rt-secret-value")
+    raw = s.path.read_bytes()
+    assert b"rt-secret-value" not in raw
+    doc = json.loads(raw)
+    assert doc["version"] == 1 and doc["kdf"] == "pbkdf2-hmac-sha256"
+    assert doc["iterations"] >= 200_000
+    assert len(base64.b64decode(doc["salt"])) == 16
+    assert len(base64.b64decode(doc["nonce"])) == 12
+    assert mode_of(s.path) == 0o600
+    assert s.holds_encrypted()
+    fresh = store(tmp_path, {"PW": "correct horse"}, refresh_token_passphrase_env="PW")
+    assert fresh.load() == "rt-secret-value"
+
+
+def write_encrypted(tmp_path, token="rt-1", passphrase="pw", iterations=200_000):
+    path = tmp_path / "refresh_token"
+    path.write_bytes(woci.encrypt_refresh_token(token, passphrase, iterations))
+    return path
+
+
+def test_wrong_passphrase_is_an_error_and_changes_nothing(tmp_path):
+    """Wrong passphrase: exit 2, 'wrong passphrase', the file byte-for-byte the same."""
+    path = write_encrypted(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(woci.RefreshTokenError) as info:
+        store(tmp_path, {"PW": "nope"}, refresh_token_passphrase_env="PW").load()
+    assert "wrong passphrase" in str(info.value) and info.value.exit_code == 2
+    assert path.read_bytes() == before
+
+
+def test_tampered_ciphertext_is_detected(tmp_path):
+    """A flipped ciphertext byte: 'wrong passphrase, or the file was altered'."""
+    path = write_encrypted(tmp_path)
+    doc = json.loads(path.read_bytes())
+    data = bytearray(base64.b64decode(doc["ciphertext"]))
+    data[0] ^= 1
+    doc["ciphertext"] = base64.b64encode(bytes(data)).decode()
+    path.write_text(json.dumps(doc))
+    with pytest.raises(woci.RefreshTokenError, match="or the file was altered"):
+        store(tmp_path, {"PW": "pw"}, refresh_token_passphrase_env="PW").load()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda raw: raw[: len(raw) // 2],
+    lambda raw: raw.replace(b'"pbkdf2-hmac-sha256"', b'"scrypt"'),
+    lambda raw: raw.replace(b'"iterations": 200000', b'"iterations": 1000'),
+    lambda raw: raw.replace(b'"salt"', b'"pepper"'),
+], ids=["truncated", "unknown-kdf", "too-few-iterations", "no-salt"])
+def test_damaged_encrypted_file_says_damaged(tmp_path, damage):
+    """Truncated JSON, unknown KDF, implausible iterations, missing fields: 'damaged', exit 2."""
+    path = write_encrypted(tmp_path)
+    path.write_bytes(damage(path.read_bytes()))
+    before = path.read_bytes()
+    with pytest.raises(woci.RefreshTokenError) as info:
+        store(tmp_path, {"PW": "pw"}, refresh_token_passphrase_env="PW").load()
+    assert "is damaged" in str(info.value) and "session authenticate" in str(info.value)
+    assert info.value.exit_code == 2
+    assert path.read_bytes() == before
+
+
+def test_iteration_count_is_read_from_the_file(tmp_path):
+    """A file written with 250000 iterations opens: the count comes from the file."""
+    path = write_encrypted(tmp_path, "rt-250k", "pw", iterations=250_000)
+    assert json.loads(path.read_bytes())["iterations"] == 250_000
+    assert store(tmp_path, {"PW": "pw"}, refresh_token_passphrase_env="PW").load() == "rt-250k"
+
+
+def test_encrypted_file_without_a_passphrase_configured_is_an_error(tmp_path):
+    """Encrypted on disk, no passphrase source: exit 2 saying how to configure one."""
+    path = write_encrypted(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(woci.RefreshTokenError) as info:
+        store(tmp_path).load()
+    assert "is encrypted and no passphrase is configured" in str(info.value)
+    assert info.value.exit_code == 2
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("content", [b"", b"  \n", b"\xff\xfe\x00bin", b"two words"])
+def test_damaged_plain_refresh_token_is_an_error(tmp_path, content):
+    """Empty, blank, binary or spaced plain files: 'damaged', exit 2."""
+    (tmp_path / "refresh_token").write_bytes(content)
+    with pytest.raises(woci.RefreshTokenError, match="is damaged"):
+        store(tmp_path).load()
+
+
+def test_saving_over_an_encrypted_file_does_not_ask_for_confirmation(tmp_path):
+    """A rotated token re-encrypted with the known passphrase: one prompt, no repetition."""
+    write_encrypted(tmp_path, "rt-old", "pw", iterations=200_000)
+    ask = Asker("pw")
+    s = store(tmp_path, ask=ask, refresh_token_passphrase_prompt=True)
+    assert s.load() == "rt-old"
+    s.save("rt-new")
+    assert len(ask.prompts) == 1
+    assert s.load() == "rt-new"
+
+
+# --- the OCI config ------------------------------------------------------------------------------
+
+VALUES = {"key_file": "/h/.oci/sessions/p/oci_api_key.pem",
+          "security_token_file": "/h/.oci/sessions/p/token",
+          "fingerprint": "aa:bb", "tenancy": "ocid1.tenancy.oc1..t", "region": "us-ashburn-1"}
+
+
+def parse(text):
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return parser
+
+
+def test_upsert_creates_the_profile_in_an_absent_file():
+    """No file: a new [p] section with every value, one per line."""
+    text = woci.upsert_profile(None, "p", VALUES)
+    assert text == "[p]\n" + "".join(f"{k}={v}\n" for k, v in VALUES.items())
+
+
+def test_upsert_appends_a_new_profile_and_keeps_everything_else():
+    """Other profiles, comments and order stay byte-for-byte; the new one comes last."""
+    old = "# my config\n[DEFAULT]\nuser=ocid1.user\n; note\n\n[other]\nregion = eu-1\n"
+    new = woci.upsert_profile(old, "p", VALUES)
+    assert new.startswith(old + "\n[p]\n")
+    assert dict(parse(new)["p"]) == {**dict(parse(old)["DEFAULT"]), **VALUES}
+
+
+def test_upsert_replaces_keys_in_place_and_adds_missing_ones():
+    """Existing keys keep their position (case-insensitive), new ones follow the last key."""
+    old = ("[a]\nkey_file=/a\n\n[p]\n# session profile\nKey_File = /old/key\n"
+           "user=ocid1.user.keep\nregion = eu-1\n\n[z]\nx=1\n")
+    new = woci.upsert_profile(old, "p", VALUES)
+    assert new == (
+        "[a]\nkey_file=/a\n\n[p]\n# session profile\n"
+        f"key_file={VALUES['key_file']}\nuser=ocid1.user.keep\nregion=us-ashburn-1\n"
+        f"security_token_file={VALUES['security_token_file']}\nfingerprint=aa:bb\n"
+        f"tenancy={VALUES['tenancy']}\n\n[z]\nx=1\n")
+
+
+def test_upsert_leaves_commented_out_keys_alone():
+    """`# key_file=...` is a comment, not the key."""
+    old = "[p]\n#key_file=/commented\n"
+    new = woci.upsert_profile(old, "p", {"key_file": "/k"})
+    assert new == "[p]\n#key_file=/commented\nkey_file=/k\n"
+
+
+def test_upsert_keeps_crlf_line_endings():
+    """A CRLF file stays CRLF, new lines included, and other sections are untouched."""
+    old = "[a]\r\nx=1\r\n\r\n[p]\r\nregion=eu\r\n"
+    new = woci.upsert_profile(old, "p", {"region": "us", "tenancy": "t"})
+    assert new == "[a]\r\nx=1\r\n\r\n[p]\r\nregion=us\r\ntenancy=t\r\n"
+    assert "\n" not in new.replace("\r\n", "")
+
+
+def test_upsert_handles_a_file_without_trailing_newline():
+    """The last line gets its newline before new keys or a new section follow."""
+    assert woci.upsert_profile("[p]\nuser=u", "p", {"tenancy": "t"}) == "[p]\nuser=u\ntenancy=t\n"
+    assert woci.upsert_profile("[a]\nx=1", "p", {"k": "v"}) == "[a]\nx=1\n\n[p]\nk=v\n"
+
+
+def test_upsert_replaces_a_value_with_continuation_lines():
+    """The continuation lines of a replaced value go; those of other keys stay."""
+    old = "[p]\nkey_file=/old\n  still old\n\tand more\nnote=first\n  second\n"
+    new = woci.upsert_profile(old, "p", {"key_file": "/new"})
+    assert new == "[p]\nkey_file=/new\nnote=first\n  second\n"
+    assert parse(new)["p"]["note"] == "first\nsecond"
+
+
+def test_upsert_profile_default():
+    """The OCI config's [DEFAULT] is edited like any profile."""
+    old = "[DEFAULT]\nregion=eu\n\n[q]\nx=1\n"
+    new = woci.upsert_profile(old, "DEFAULT", {"tenancy": "t"})
+    assert new == "[DEFAULT]\nregion=eu\ntenancy=t\n\n[q]\nx=1\n"
+
+
+def test_upsert_key_with_colon_delimiter_and_equals_in_value():
+    """`key: value=with=equals` is the key `key` (configparser takes the first delimiter)."""
+    old = "[p]\nsecurity_token_file: /odd=path/token\n"
+    new = woci.upsert_profile(old, "p", {"security_token_file": "/new/token"})
+    assert new == "[p]\nsecurity_token_file=/new/token\n"
+    assert parse(new)["p"]["security_token_file"] == "/new/token"
+
+
+section_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEF_-0123456789", min_size=1,
+                        max_size=8).filter(lambda s: s not in ("p", "DEFAULT"))
+keys = st.one_of(st.sampled_from(list(VALUES) + ["user", "pass_phrase"]),
+                 st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=10))
+values = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126,
+                                        blacklist_characters="%[]"), min_size=1, max_size=15)
+separators = st.sampled_from(["=", " = ", ": ", " : "])
+extras = st.sampled_from(["", "# a comment\n", "; another\n", "\n", "\n\n"])
+
+
+@st.composite
+def config_texts(draw):
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    sections = draw(st.lists(section_names, unique=True, max_size=4))
+    with_profile = draw(st.booleans())
+    position = draw(st.integers(0, len(sections)))
+    order = list(sections)
+    if with_profile:
+        order.insert(position, "p")
+    chunks = {}
+    expected = {}
+    for name in order:
+        lines = [f"[{name}]\n"]
+        expected[name] = {}
+        for key in draw(st.lists(keys, unique=True, max_size=4)):
+            value = draw(values)
+            lines.append(draw(extras))
+            lines.append(f"{key}{draw(separators)}{value}\n")
+            expected[name][key] = value
+        lines.append(draw(extras))
+        chunks[name] = "".join(lines).replace("\n", newline)
+    return order, chunks, expected
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config_texts(), st.dictionaries(st.sampled_from(list(VALUES)), values, min_size=1))
+@example((["p"], {"p": "[p]\nfingerprint: a=b\n"}, {"p": {"fingerprint": "a=b"}}),
+         {"fingerprint": "0"})
+def test_upsert_leaves_other_sections_byte_for_byte(config, new_values):
+    """For random configs, every other section's text is unchanged and [p] reads back right."""
+    order, chunks, expected = config
+    old = "".join(chunks[name] for name in order)
+    new = woci.upsert_profile(old or None, "p", new_values)
+    parsed = parse(new)
+    for name in order:
+        if name != "p":
+            assert chunks[name] in new
+            assert dict(parsed[name]) == expected[name]
+    assert {k: parsed["p"][k] for k in new_values} == new_values
+    for key, value in expected.get("p", {}).items():
+        if key not in new_values:
+            assert parsed["p"][key] == value
+    if "p" in chunks:
+        before, after = old.split(chunks["p"])
+        assert new.startswith(before) and new.endswith(after)
+
+
+def test_read_oci_config_refuses_invalid_ini(tmp_path):
+    """Text oci could not read: exit 2 naming the file; woci changes nothing in it."""
+    path = tmp_path / "config"
+    path.write_text("key_file=/no/section\n")
+    with pytest.raises(woci.ConfigError) as info:
+        woci.read_oci_config(path)
+    assert str(path) in str(info.value) and "not valid INI" in str(info.value)
+    assert info.value.exit_code == 2
+    path.write_bytes(b"[p]\nx=\xff\n")
+    with pytest.raises(woci.ConfigError, match="not valid INI"):
+        woci.read_oci_config(path)
+
+
+def test_read_oci_config_absent_file(tmp_path):
+    """No file: no text and an empty parse."""
+    text, parser = woci.read_oci_config(tmp_path / "config")
+    assert text is None and parser.sections() == []
+
+
+def test_write_oci_config_keeps_the_file_mode(tmp_path):
+    """An existing 0644 config stays 0644; a new one is 0600 in a 0700 folder."""
+    path = tmp_path / "config"
+    path.write_text("[a]\n")
+    path.chmod(0o644)
+    woci.write_oci_config(path, "[a]\n", "[a]\nx=1\n")
+    assert path.read_text() == "[a]\nx=1\n" and mode_of(path) == 0o644
+    new = tmp_path / "new" / "config"
+    woci.write_oci_config(new, None, "[p]\n")
+    assert mode_of(new) == 0o600 and mode_of(new.parent) == 0o700
+
+
+def test_write_oci_config_follows_a_symlink(tmp_path):
+    """A symlinked config (dotfiles repo) stays a symlink; its target gets the new text."""
+    real = tmp_path / "dotfiles" / "oci_config"
+    real.parent.mkdir()
+    real.write_text("[a]\n")
+    link = tmp_path / "config"
+    link.symlink_to(real)
+    woci.write_oci_config(link, "[a]\n", "[a]\nx=1\n")
+    assert link.is_symlink()
+    assert real.read_text() == "[a]\nx=1\n"
+
+
+def test_write_oci_config_does_not_write_when_unchanged(tmp_path):
+    """Same text: the file is not rewritten (same inode, same mtime)."""
+    path = tmp_path / "config"
+    path.write_text("[a]\n")
+    before = os.stat(path)
+    woci.write_oci_config(path, "[a]\n", "[a]\n")
+    after = os.stat(path)
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
