@@ -61,6 +61,17 @@ def redacted_query(url: str) -> Dict[str, str]:
     return {k: ("<redacted>" if k in REDACT else v) for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
 
 
+def new_record(url: str, action: str, **extra) -> Dict:
+    """The JSON line one browser run appends, before anything happened (shared by both users)."""
+    record: Dict = {"url": strip_query(url), "query": redacted_query(url), "action": action,
+                    "callback_status": None, "callback_body": None, "callback_error": None,
+                    "callback_keys": None, "pages": [], "final_status": None,
+                    "final_body": None}
+    record.update(extra)
+    record["error"] = None
+    return record
+
+
 class FormParser(HTMLParser):
     """Collect forms with their fields and buttons; enough for our own simple pages."""
 
@@ -139,20 +150,7 @@ class Flow:
         self.action = action
         self.idp_netloc = urlsplit(url).netloc
         self.deadline = time.monotonic() + TOTAL_BUDGET
-        self.record: Dict = {
-            "url": strip_query(url),
-            "query": redacted_query(url),
-            "action": action,
-            "callback_status": None,
-            "callback_body": None,
-            "callback_error": None,
-            "callback_keys": None,
-            "pages": [],
-            "final_status": None,
-            "final_body": None,
-            "device_result": None,
-            "error": None,
-        }
+        self.record: Dict = new_record(url, action, device_result=None)
 
     # A callback is any 127.0.0.1 URL on another port than the provider's:
     # the client's loopback listener.

@@ -29,7 +29,8 @@ from typing import Dict, List, Optional
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from browser_user import ACTIONS, ALLOWED_HOSTS, append_record, redacted_query, scrub, strip_query  # noqa: E402
+from browser_user import (  # noqa: E402
+    ACTIONS, ALLOWED_HOSTS, append_record, new_record, redacted_query, scrub, strip_query)
 
 TOTAL_BUDGET = 30.0
 CHROMIUM_ARGS = [
@@ -48,20 +49,7 @@ class ChromiumFlow:
         self.callback_response = None
         self.callback_failure: Optional[str] = None
         self.blocked: List[str] = []
-        self.record: Dict = {
-            "url": strip_query(url),
-            "query": redacted_query(url),
-            "action": action,
-            "callback_status": None,
-            "callback_body": None,
-            "callback_error": None,
-            "callback_keys": None,
-            "pages": [],
-            "final_status": None,
-            "final_body": None,
-            "screenshot": None,
-            "error": None,
-        }
+        self.record: Dict = new_record(url, action, screenshot=None)
 
     def remaining_ms(self) -> float:
         left = self.deadline - time.monotonic()
