@@ -17,6 +17,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -266,6 +267,11 @@ def test_confidential_client_basic_auth(idp, tmp_path):
     assert tokens["refresh_token"]
     resp = refresh(idp, tokens["refresh_token"], client_id=idp.confidential_client_id, auth=good)
     assert resp.status_code == 200, resp.text
+    # Events reach us through node's stdout a moment after the HTTP answer: poll, bounded.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and idp.count(
+            "token_request", client_id=idp.confidential_client_id, client_auth="basic", status=200) < 2:
+        time.sleep(0.05)
     assert idp.count("token_request", client_id=idp.confidential_client_id, client_auth="basic", status=200) >= 2
     assert idp.confidential_client_secret not in idp.output()
 
