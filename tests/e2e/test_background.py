@@ -1,6 +1,7 @@
 """The auto-refresh thread and the daemon, with UPSTs that live a few seconds."""
 
 import os
+import select
 import signal
 import subprocess
 import time
@@ -22,6 +23,17 @@ def wait_until(predicate, timeout, what):
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
+    """Read a terminal's output until wanted shows up, or fail after timeout seconds."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while wanted not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no {wanted!r} on the terminal within {timeout} s: {seen!r}")
+        seen += os.read(fd, 1024)
+    return seen
 
 
 def cpu_seconds(pid: int) -> float:
@@ -196,3 +208,50 @@ def test_daemon_exits_with_a_clear_line_when_the_refresh_token_is_revoked(daemon
     assert "session authenticate" in log
     assert not (user.session_dir / "woci_refresh.pid").exists()
     assert len(user.browser_opens()) == 1
+
+
+def test_daemon_keeps_a_prompted_passphrase_only_in_memory(daemon_user, emulator):
+    """Passphrase typed at a terminal: the daemon renews an encrypted refresh token with it,
+    while the passphrase is in no file, no argv and no environment of the daemon."""
+    import fcntl
+    import termios
+
+    user = daemon_user
+    user.write_manager_ini(refresh_token_passphrase_prompt="true")
+    passphrase = "typed-at-the-terminal-42"
+    emulator.set_upst_lifetime(4)
+    master, slave = os.openpty()
+
+    def make_the_pty_our_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([str(WOCI), "--profile", user.profile, "--daemon"], env=user.env(),
+                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=make_the_pty_our_terminal)
+    os.close(slave)
+    try:
+        # Asked twice (a new passphrase is confirmed), before the browser opens. Each answer
+        # is typed only once its prompt shows: getpass discards what was typed before.
+        for prompt in (b"Passphrase for", b"Repeat the passphrase"):
+            read_until(master, prompt, 30)
+            os.write(master, (passphrase + "\n").encode())
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    pid = int(out.decode().strip())
+    exchanges = emulator.count("exchange_ok")
+
+    wait_until(lambda: emulator.count("exchange_ok") - exchanges >= 2, DAEMON_WAIT,
+               "two renewals with the encrypted refresh token")
+
+    assert '"ciphertext"' in user.refresh_token_text()
+    assert passphrase.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert passphrase.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+    for path in user.oci_dir.rglob("*"):
+        if path.is_file():
+            assert passphrase.encode() not in path.read_bytes(), path
+    user.run("--profile", user.profile, "--stop-daemon")
