@@ -141,6 +141,16 @@ OCI_PASSTHROUGH_OPTIONS = {
 }
 
 
+# oci's global options that take a value (oci-cli 3.95): their values are not command words.
+OCI_VALUE_OPTIONS = frozenset({
+    *OCI_PASSTHROUGH_OPTIONS, "--cli-rc-file", "--defaults-file", "--opc-request-id",
+    "--opc-client-request-id", "--request-id", "--endpoint", "--connection-timeout",
+    "--federation-endpoint", "--read-timeout", "--cert-bundle", "--output", "--query",
+    "--auth-purpose", "--generate-param-json-input", "--proxy", "--max-retries",
+    "--enable-propagation",
+})
+
+
 class WociError(Exception):
     """A failure the user can act on: one line of text and the exit code it maps to."""
 
@@ -499,30 +509,33 @@ def split_command_line(argv: List[str]) -> CommandLine:
 
 def oci_action(oci_args: List[str]) -> str:
     """What the oci arguments ask of woci: none, authenticate, refresh, or run."""
-    rest = _without_passthrough(oci_args)
-    if not rest:
+    command = oci_command_words(oci_args)
+    if not command and all(a.partition("=")[0] in OCI_VALUE_OPTIONS for a in oci_args
+                           if a.startswith("-")):
         return "none"   # only --profile and friends: nothing for oci to do
-    words = [a for a in rest if not a.startswith("-")]
-    if words[:2] == ["session", "authenticate"]:
+    if command[:2] == ["session", "authenticate"]:
         return "authenticate"
-    if words[:2] == ["session", "refresh"]:
+    if command[:2] == ["session", "refresh"]:
         return "refresh"
     return "run"
 
 
-def _without_passthrough(args: List[str]) -> List[str]:
-    out: List[str] = []
+def oci_command_words(oci_args: List[str]) -> List[str]:
+    """The oci command's words (`session refresh`), past oci's global options and values."""
+    words: List[str] = []
     skip = False
-    for arg in args:
+    for arg in oci_args:
         if skip:
             skip = False
-            continue
-        name = arg.partition("=")[0]
-        if name in OCI_PASSTHROUGH_OPTIONS:
-            skip = "=" not in arg
-            continue
-        out.append(arg)
-    return out
+        elif arg.partition("=")[0] in OCI_PASSTHROUGH_OPTIONS:
+            skip = "=" not in arg   # read anywhere, so they may stand between the words
+        elif arg.startswith("-"):
+            skip = arg in OCI_VALUE_OPTIONS   # `--opt=value` carries its value along
+            if words:
+                break
+        else:
+            words.append(arg)
+    return words
 
 
 @dataclasses.dataclass(frozen=True)

@@ -152,6 +152,11 @@ def test_arguments_from_an_oci_command_on_reach_oci_unchanged(rest):
     (["--profile=p", "session", "refresh"], "refresh"),
     (["session", "validate"], "run"),
     (["os", "ns", "get"], "run"),
+    (["--output", "json", "session", "refresh"], "refresh"),
+    (["--endpoint=http://127.0.0.1:1", "--debug", "session", "authenticate"], "authenticate"),
+    (["session", "--profile", "p", "refresh"], "refresh"),
+    (["--query", "session", "os", "ns", "get"], "run"),
+    (["--debug"], "run"),
 ])
 def test_oci_action_reads_session_subcommands(oci_args, action):
     """session authenticate/refresh are woci's; other commands run oci; nothing means none."""
