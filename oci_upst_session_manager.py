@@ -103,6 +103,8 @@ BACKGROUND_RETRY_MAX_SECONDS = 60
 DAEMON_LOG_MAX_BYTES = 4 * 1024 * 1024
 DAEMON_START_TIMEOUT_SECONDS = 15
 DAEMON_STOP_TIMEOUT_SECONDS = 10
+# Every attempt of one renewal's HTTP calls, with backoff: the most a renewal can take.
+DAEMON_RENEWAL_STOP_TIMEOUT_SECONDS = 2 * HTTP_ATTEMPTS * (HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1]) + 30
 
 RSA_KEY_BITS = 2048
 PBKDF2_ITERATIONS = 600_000
@@ -673,7 +675,7 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
             raise ConfigError(f"{key} in {where} must be an http(s) URL, not {text!r}")
         return text
     if kind == "port":
-        if not text.isdigit() or not 1 <= int(text) <= 65535:
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
             raise ConfigError(f"{key} in {where} must be a port number 1-65535, not {text!r}")
         return int(text)
     if kind == "seconds":
@@ -1098,10 +1100,9 @@ def read_oci_config(path: Path) -> Tuple[Optional[str], configparser.ConfigParse
 def _is_section_header(line: str) -> Optional[str]:
     if line[:1].isspace():
         return None   # an indented line continues a value, as configparser reads it
-    stripped = line.strip()
-    if stripped.startswith("[") and stripped.endswith("]") and len(stripped) > 2:
-        return stripped[1:-1]
-    return None
+    # configparser's own pattern: `[dev]   # a comment` is section dev too.
+    match = configparser.ConfigParser.SECTCRE.match(line.strip())
+    return match.group("header") if match else None
 
 
 def _key_of(line: str) -> Optional[str]:
@@ -1584,6 +1585,10 @@ class SessionManager:
             state = self.read_token()
             if session_is_fresh(state, self.now(), min_validity) and self._profile_is_wired():
                 return state
+        if not (self.can_sign_in and self.settings.interactive) and \
+                not self.paths.refresh_token.exists():
+            # Nothing but a sign-in could help: do not wait for a lock held by someone else's.
+            raise SignInNeeded(sign_in_hint(self.settings))
         lock_timeout = self.settings.login_timeout + LOCK_GRACE_SECONDS
         with ProfileLock(self.paths.lock, lock_timeout, self.settings.profile):
             state = self.read_token()
@@ -1918,6 +1923,9 @@ class PidFile:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise DaemonError(f"cannot read the daemon's pid file {self.path}: "
+                              f"{_describe_os_error(exc)}") from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -2080,6 +2088,20 @@ def daemon_status_report(paths: SessionPaths, profile: str, now: float) -> Tuple
     return EXIT_OK, "\n".join(lines) + "\n"
 
 
+def _profile_lock_busy(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def stop_daemon(paths: SessionPaths, profile: str,
                 sleep: Callable[[float], None] = time.sleep) -> int:
     pid_file = PidFile(paths.pid)
@@ -2088,7 +2110,11 @@ def stop_daemon(paths: SessionPaths, profile: str,
         raise DaemonError(f"no woci daemon runs for profile {profile}", EXIT_FAILURE)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + DAEMON_STOP_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
+    # A daemon in the middle of a renewal holds the profile lock: killing it then could lose
+    # a rotated refresh token, so it gets as long as its HTTP calls can take.
+    renewal_deadline = time.monotonic() + DAEMON_RENEWAL_STOP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline or (time.monotonic() < renewal_deadline
+                                          and _profile_lock_busy(paths.lock)):
         if PidFile(paths.pid).holder() is None:
             return pid
         sleep(0.1)
@@ -2213,6 +2239,8 @@ def new_manager(settings: Settings, environ: Mapping[str, str]) -> SessionManage
 def auto_refresher(manager: SessionManager) -> Optional[AutoRefreshThread]:
     if not manager.settings.auto_refresh:
         return None
+    if manager.passphrase.configured:
+        manager.passphrase.get()  # asked now: later the command owns the terminal
     return AutoRefreshThread(Renewer(manager, manager.settings.refresh_safety_window))
 
 

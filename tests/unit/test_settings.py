@@ -381,3 +381,9 @@ def test_world_readable_ini_with_a_secret_is_warned_about(tmp_path, caplog):
         path.chmod(0o644)
         woci.warn_if_secrets_exposed(path, woci.parse_manager_ini("[p]\nscope = s\n", "x"))
     assert caplog.text == ""
+
+
+def test_non_ascii_digits_are_not_a_port():
+    """`--redirect-port ²` is one clear configuration error, not a traceback."""
+    with pytest.raises(woci.ConfigError, match="port number"):
+        woci._convert("redirect_port", "port", "²", "--redirect-port")

@@ -628,3 +628,12 @@ def test_write_oci_config_does_not_write_when_unchanged(tmp_path):
     woci.write_oci_config(path, "[a]\n", "[a]\n")
     after = os.stat(path)
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+def test_upsert_finds_a_section_header_followed_by_a_comment():
+    """`[dev]   # my dev` is section dev for configparser: it is updated, not duplicated."""
+    text = "[dev]   # my dev\nuser=u\n"
+
+    out = woci.upsert_profile(text, "dev", {"region": "r"})
+
+    assert out == "[dev]   # my dev\nuser=u\nregion=r\n"
