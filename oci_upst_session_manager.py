@@ -1097,6 +1097,11 @@ def read_oci_config(path: Path) -> Tuple[Optional[str], configparser.ConfigParse
     return text, parser
 
 
+def _profile_exists(config: configparser.ConfigParser, profile: str) -> bool:
+    """configparser never lists DEFAULT as a section, but oci reads it like one."""
+    return config.has_section(profile) or profile == DEFAULT_PROFILE
+
+
 def _is_section_header(line: str) -> Optional[str]:
     if line[:1].isspace():
         return None   # an indented line continues a value, as configparser reads it
@@ -1611,21 +1616,18 @@ class SessionManager:
             LOG.info("no refresh token stored for profile %s", self.settings.profile)
             return False
         try:
-            tokens = refresh_grant(self.settings, refresh_token)
-        except GrantRefused:
-            again = self.refresh_tokens.load()
-            if again is None or again == refresh_token:
-                LOG.warning("the provider refused the stored refresh token; a new sign-in is "
-                            "needed")
-                return False
-            LOG.info("the refresh token was rotated by another process; retrying with it")
             try:
-                tokens = refresh_grant(self.settings, again)
+                tokens = refresh_grant(self.settings, refresh_token)
             except GrantRefused:
-                LOG.warning("the provider refused the stored refresh token; a new sign-in is "
-                            "needed")
-                return False
-            refresh_token = again
+                again = self.refresh_tokens.load()
+                if again is None or again == refresh_token:
+                    raise
+                LOG.info("the refresh token was rotated by another process; retrying with it")
+                tokens = refresh_grant(self.settings, again)
+                refresh_token = again
+        except GrantRefused:
+            LOG.warning("the provider refused the stored refresh token; a new sign-in is needed")
+            return False
         if tokens.refresh_token and tokens.refresh_token != refresh_token:
             self.refresh_tokens.save(tokens.refresh_token)
         self._complete(tokens.access_token)
@@ -1673,7 +1675,7 @@ class SessionManager:
     def _key_path(self, config: configparser.ConfigParser) -> Path:
         """The profile's own key_file when it lies in the session folder, else ours."""
         section = self.settings.profile
-        if config.has_section(section) or section == DEFAULT_PROFILE:
+        if _profile_exists(config, section):
             configured = config.get(section, "key_file", fallback=None)
             if configured:
                 path = _expand(configured, self.environ)
@@ -1695,9 +1697,8 @@ class SessionManager:
         if isinstance(tenant, str) and tenant:
             values["tenancy"] = tenant
         profile = self.settings.profile
-        has_region = bool(config.get(profile, "region", fallback=None)
-                          if (config.has_section(profile) or profile == DEFAULT_PROFILE)
-                          else None)
+        has_region = _profile_exists(config, profile) and bool(
+            config.get(profile, "region", fallback=None))
         if self.settings.region:
             values["region"] = self.settings.region
         elif self.settings.cli_region and not has_region:
@@ -1717,7 +1718,7 @@ class SessionManager:
         except WociError:
             return False
         section = self.settings.profile
-        if not (config.has_section(section) or section == DEFAULT_PROFILE):
+        if not _profile_exists(config, section):
             return False
         token_file = config.get(section, "security_token_file", fallback="")
         return (bool(config.get(section, "key_file", fallback=""))
