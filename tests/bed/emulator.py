@@ -534,6 +534,10 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
             return False
         if kind == "wrong_jwk":
             return False
+        # Recorded before answering: a client that has the answer also sees the record.
+        if self.path_only == TOKEN_PATH:
+            self.emu._record_exchange(client_id=None, sub=None, key_fingerprint=None,
+                                      outcome=f"fault:{kind}")
         if kind == "drop":
             self._drop()
         elif kind == "http500":
@@ -551,9 +555,6 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
             self._send_json(200, {})
         elif kind == "invalid_grant":
             self._error(400, "invalid_grant", "injected fault")
-        if self.path_only == TOKEN_PATH:
-            self.emu._record_exchange(client_id=None, sub=None, key_fingerprint=None,
-                                      outcome=f"fault:{kind}")
         return True
 
     # --- endpoints ---------------------------------------------------------------------
