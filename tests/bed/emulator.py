@@ -490,6 +490,8 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
     # --- answers -----------------------------------------------------------------------
 
     def _send(self, status, body, content_type, extra_headers=()):
+        # Recorded first: whoever has the answer can already see the record.
+        self.emu._record_request(self.command, self.path_only, status)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -498,7 +500,6 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
-        self.emu._record_request(self.command, self.path_only, status)
 
     def _send_json(self, status, value, extra_headers=()):
         self._send(status, json.dumps(value).encode(), "application/json", extra_headers)
