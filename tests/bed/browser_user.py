@@ -72,6 +72,20 @@ def new_record(url: str, action: str, **extra) -> Dict:
     return record
 
 
+def altered_callback(url: str, action: str, record: Dict) -> str:
+    """The callback URL as the user agent will GET it: altered for tamper-state/drop-code,
+    with which keys it carries (and any error) noted in the record. Shared by both users."""
+    parts = urlsplit(url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    if action == "tamper-state":
+        params = [(k, "tampered-" + secrets.token_urlsafe(8) if k == "state" else v) for k, v in params]
+    elif action == "drop-code":
+        params = [(k, v) for k, v in params if k != "code"]
+    record["callback_keys"] = [k for k, _ in params]
+    record["callback_error"] = dict(params).get("error")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(params), ""))
+
+
 class FormParser(HTMLParser):
     """Collect forms with their fields and buttons; enough for our own simple pages."""
 
@@ -193,15 +207,7 @@ class Flow:
         return parser
 
     def visit_callback(self, url: str) -> None:
-        parts = urlsplit(url)
-        params = parse_qsl(parts.query, keep_blank_values=True)
-        if self.action == "tamper-state":
-            params = [(k, "tampered-" + secrets.token_urlsafe(8) if k == "state" else v) for k, v in params]
-        elif self.action == "drop-code":
-            params = [(k, v) for k, v in params if k != "code"]
-        self.record["callback_keys"] = [k for k, _ in params]
-        self.record["callback_error"] = dict(params).get("error")
-        url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(params), ""))
+        url = altered_callback(url, self.action, self.record)
         resp = self.request("GET", url)
         self.record["callback_status"] = resp.status_code
         self.record["callback_body"] = resp.text[:8000]

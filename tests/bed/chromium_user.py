@@ -19,18 +19,17 @@ WOCI_TEST_CHROMIUM, default /usr/bin/chromium).
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser_user import (  # noqa: E402
-    ACTIONS, ALLOWED_HOSTS, append_record, new_record, redacted_query, scrub, strip_query)
+    ACTIONS, ALLOWED_HOSTS, altered_callback, append_record, new_record, redacted_query, scrub, strip_query)
 
 TOTAL_BUDGET = 30.0
 CHROMIUM_ARGS = [
@@ -63,15 +62,7 @@ class ChromiumFlow:
 
     def callback_target(self, url: str) -> str:
         """The callback URL as the browser will GET it, altered for tamper-state/drop-code."""
-        parts = urlsplit(url)
-        params = parse_qsl(parts.query, keep_blank_values=True)
-        if self.action == "tamper-state":
-            params = [(k, "tampered-" + secrets.token_urlsafe(8) if k == "state" else v) for k, v in params]
-        elif self.action == "drop-code":
-            params = [(k, v) for k, v in params if k != "code"]
-        self.record["callback_keys"] = [k for k, _ in params]
-        self.record["callback_error"] = dict(params).get("error")
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(params), ""))
+        return altered_callback(url, self.action, self.record)
 
     def on_route(self, route) -> None:
         request = route.request
