@@ -18,12 +18,31 @@ Files, in ~/.oci/sessions/<profile>/ (mode 0700), every one mode 0600 and writte
 ``token`` (the UPST, no trailing newline), ``oci_api_key.pem`` and ``oci_api_key_public.pem``
 (the RSA session key), ``refresh_token`` (plain, or AES-256-GCM encrypted JSON),
 ``woci.lock`` (the per-profile lock), and the daemon's ``woci_refresh.pid``,
-``woci_daemon.state`` and ``woci_daemon.log``. The OCI config profile is updated in place
+``woci_daemon.state`` and ``woci_daemon.log``; in ~/.oci/sessions/ one
+``.oci-config-<hash>.lock`` per OCI config file. The OCI config profile is updated in place
 (key_file, security_token_file, fingerprint, tenancy, region); nothing else in it changes.
+
+woci splits its own argv (section 3) instead of handing it to argparse: oci's commands have
+options named like woci's (``--scope``, ``--client-id``, ``--status``), and from the first
+oci word on everything must reach oci unchanged. argparse only formats the help.
+
+Sections, each reading only from those above it:
+ 1. Constants and errors: every limit and file name; WociError and its kinds.
+ 2. Pure helpers: base64url, JWT claims, PKCE, backoff, clock skew, formatting, logging.
+ 3. Command line and settings: the option table, the argv splitter, Settings.
+ 4. Storage: session paths, atomic writes, locks, the session and refresh tokens, the OCI
+    config file and the profile woci keeps in it.
+ 5. HTTP and OpenID Connect: one form POST with retries, the grants, the browser sign-in.
+ 6. Token exchange: the session key and the UPST.
+ 7. The session: ensure_session(), the renewal ladder.
+ 8. Background refresh: the renewer, the auto-refresh thread, the daemon.
+ 9. Running oci (or --exec's command).
+10. Command line interface: help, one function per mode, main().
 
 Exit codes: 0 success; 1 runtime failure (sign-in, refresh, exchange, file write); 2 usage or
 configuration error, or an unreadable refresh token; 127 oci not found; 130 interrupted;
-anything else is oci's own exit code. The contract is SPEC.md; this file implements it.
+anything else is oci's own exit code. The contract kept beside the project (SPEC.md) says
+the same in full.
 """
 
 from __future__ import annotations
@@ -31,6 +50,7 @@ from __future__ import annotations
 import base64
 import configparser
 import dataclasses
+import enum
 import errno
 import fcntl
 import getpass
@@ -95,6 +115,8 @@ CLOCK_SKEW_TOLERANCE_SECONDS = 60
 # login_timeout; this much more covers the exchange that follows it.
 LOCK_GRACE_SECONDS = 30
 LOCK_POLL_SECONDS = 0.1
+# The OCI config lock is held only for a read-change-write of one small file.
+CONFIG_LOCK_TIMEOUT_SECONDS = 10
 
 # The background wakes at least this often: a suspended laptop's sleep is not time passed.
 BACKGROUND_MAX_SLEEP_SECONDS = 60
@@ -103,18 +125,24 @@ BACKGROUND_RETRY_MAX_SECONDS = 60
 DAEMON_LOG_MAX_BYTES = 4 * 1024 * 1024
 DAEMON_START_TIMEOUT_SECONDS = 15
 DAEMON_STOP_TIMEOUT_SECONDS = 10
-# Every attempt of one renewal's HTTP calls, with backoff: the most a renewal can take.
-DAEMON_RENEWAL_STOP_TIMEOUT_SECONDS = 2 * HTTP_ATTEMPTS * (HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1]) + 30
+# Every attempt of one renewal's HTTP calls, with backoff: the most a renewal can take. The
+# auto-refresh thread and the daemon are given this long to finish one before they are left.
+RENEWAL_MAX_SECONDS = 2 * HTTP_ATTEMPTS * (HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1]) + 30
 
 RSA_KEY_BITS = 2048
 PBKDF2_ITERATIONS = 600_000
+# Outside these bounds a file is damaged: a huge count would hang (or crash) the KDF.
 PBKDF2_MIN_ITERATIONS = 200_000
+PBKDF2_MAX_ITERATIONS = 10_000_000
 ENCRYPTED_FORMAT = "woci-refresh-token"
 ENCRYPTED_VERSION = 1
 KDF_NAME = "pbkdf2-hmac-sha256"
 CIPHER_NAME = "aes-256-gcm"
 # Authenticated with the ciphertext so a file cannot be replayed as another format.
 ENCRYPTION_AAD = b"woci-refresh-token-v1"
+
+# A UPST lives at most an hour; an exp further ahead than this is nonsense, not a session.
+UPST_MAX_LIFETIME_SECONDS = 24 * 3600
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 UPST_TOKEN_TYPE = "urn:oci:token-type:oci-upst"
@@ -125,6 +153,8 @@ KEY_FILE = "oci_api_key.pem"
 PUBLIC_KEY_FILE = "oci_api_key_public.pem"
 REFRESH_TOKEN_FILE = "refresh_token"
 LOCK_FILE = "woci.lock"
+# One lock per OCI config file, in the sessions folder: never a stray file beside the config.
+CONFIG_LOCK_PREFIX = ".oci-config-"
 PID_FILE = "woci_refresh.pid"
 DAEMON_STATE_FILE = "woci_daemon.state"
 DAEMON_LOG_FILE = "woci_daemon.log"
@@ -134,24 +164,6 @@ COMMON_SECTION = "COMMON"
 # [DEFAULT] is an ordinary section (the one for profile DEFAULT), so the base gets a name
 # no one uses.
 UNUSED_DEFAULT_SECTION = "\x00woci-no-default-section"
-
-OCI_PASSTHROUGH_OPTIONS = {
-    "--profile": "profile",
-    "--config-file": "config_file",
-    "--region": "region",
-    "--auth": "auth",
-}
-
-
-# oci's global options that take a value (oci-cli 3.95): their values are not command words.
-OCI_VALUE_OPTIONS = frozenset({
-    *OCI_PASSTHROUGH_OPTIONS, "--cli-rc-file", "--defaults-file", "--opc-request-id",
-    "--opc-client-request-id", "--request-id", "--endpoint", "--connection-timeout",
-    "--federation-endpoint", "--read-timeout", "--cert-bundle", "--output", "--query",
-    "--auth-purpose", "--generate-param-json-input", "--proxy", "--max-retries",
-    "--enable-propagation",
-})
-
 
 class WociError(Exception):
     """A failure the user can act on: one line of text and the exit code it maps to."""
@@ -327,7 +339,10 @@ def retry_delay(attempt: int, retry_after: Optional[str], jitter: Callable[[], f
 
 
 def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
+    try:
+        seconds = int(seconds)
+    except (OverflowError, ValueError, TypeError):
+        return f"{seconds!r} s"
     if abs(seconds) < 120:
         return f"{seconds} s"
     if abs(seconds) < 7200:
@@ -336,7 +351,43 @@ def format_duration(seconds: float) -> str:
 
 
 def format_timestamp(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
+    """Local time for people; total, because epochs come from files and servers."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
+    except (OverflowError, OSError, ValueError, TypeError):
+        return f"epoch {epoch!r} (not a date)"
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return one_line(exc)
+
+
+def home_folder(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get("HOME") or Path.home())
+
+
+def expand_home(path: str, environ: Mapping[str, str]) -> Path:
+    if path == "~" or path.startswith("~/"):
+        return home_folder(environ) / path[2:]
+    return Path(path)
+
+
+def configure_logging(level: str, daemon: bool = False) -> None:
+    fmt = "%(asctime)s woci[%(process)d]: %(levelname)s: %(message)s" if daemon else \
+        "woci: %(levelname)s: %(message)s"
+    for handler in list(LOG.handlers):
+        LOG.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    LOG.addHandler(handler)
+    LOG.propagate = False
+    LOG.setLevel(level)
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,64 +395,122 @@ def format_timestamp(epoch: float) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+class Mode(enum.Enum):
+    """What this run of woci does; every mode but RUN and EXEC is chosen by one flag."""
+
+    RUN = "run"
+    EXEC = "exec"
+    DAEMON = "daemon"
+    DAEMON_STATUS = "daemon-status"
+    STOP_DAEMON = "stop-daemon"
+    HELP = "help"
+    VERSION = "version"
+
+
+class OciAction(enum.Enum):
+    """What the oci arguments ask of woci."""
+
+    NONE = "none"                  # only --profile and friends: make sure, run nothing
+    AUTHENTICATE = "authenticate"  # `session authenticate`: a fresh sign-in, oci not run
+    REFRESH = "refresh"            # `session refresh`: a renewal now, oci not run
+    RUN = "run"
+
+
 class OptionSpec(NamedTuple):
+    """One of woci's options: how the splitter, the settings and the help treat it."""
+
     flag: str
-    key: str          # the INI key and the Settings field
-    kind: str         # how the value is checked: text, url, port, seconds, bool, level, flag
+    key: str          # the INI key and the Settings field; for a mode, its Mode value
+    kind: str         # text, url, port, seconds, level: a value; flag: none; mode; exec; oci
     group: str
     help: str
     in_ini: bool = True
+    anywhere: bool = False      # taken wherever it stands, so kubeconfig entries stay short
+    flag_sets: bool = True      # the value the flag gives its key
+    secret: bool = False        # as a flag, visible to every local user in `ps`
+    env: Optional[str] = None   # an environment variable between the flag and the INI
+    alias: Optional[str] = None
 
+
+CONFIGURATION = "Configuration"
+PROVIDER = "Identity provider"
+EXCHANGE = "OCI token exchange"
+ENCRYPTION = "Refresh token encryption"
+BACKGROUND = "Background refresh"
+OUTPUT = "Output"
+OCI_READ = "OCI options woci reads (and passes on to oci)"
+MODES = "Modes"
 
 OPTIONS: Tuple[OptionSpec, ...] = (
-    OptionSpec("--manager-config", "manager_config", "text", "Configuration",
+    OptionSpec("--manager-config", "manager_config", "text", CONFIGURATION,
                "The manager INI file. Default: env WOCI_MANAGER_CONFIG, else woci_manager.ini "
                "beside the OCI config file, else ~/.oci/woci_manager.ini. Taken wherever it "
-               "stands on the command line.", in_ini=False),
-    OptionSpec("--authz-base-url", "authz_base_url", "url", "Identity provider",
+               "stands on the command line.", in_ini=False, anywhere=True),
+    OptionSpec("--authz-base-url", "authz_base_url", "url", PROVIDER,
                "The provider's full authorization endpoint URL. Required."),
-    OptionSpec("--token-url", "token_url", "url", "Identity provider",
+    OptionSpec("--token-url", "token_url", "url", PROVIDER,
                "The provider's token endpoint (authorization_code and refresh_token grants). "
                "Required."),
-    OptionSpec("--auth-client-id", "auth_client_id", "text", "Identity provider",
+    OptionSpec("--auth-client-id", "auth_client_id", "text", PROVIDER,
                "The client registered at the provider. Required."),
-    OptionSpec("--auth-client-secret", "auth_client_secret", "text", "Identity provider",
-               "That client's secret, sent with HTTP Basic. Default: none (a public client "
-               "using PKCE only)."),
-    OptionSpec("--scope", "scope", "text", "Identity provider",
+    OptionSpec("--auth-client-secret", "auth_client_secret", "text", PROVIDER,
+               "That client's secret, sent with HTTP Basic. Default: env "
+               "WOCI_AUTH_CLIENT_SECRET, else none (a public client using PKCE only). As a "
+               "flag it is visible to other local users: prefer the INI or the environment.",
+               secret=True, env="WOCI_AUTH_CLIENT_SECRET"),
+    OptionSpec("--scope", "scope", "text", PROVIDER,
                f"Scopes to ask for. Default: '{DEFAULT_SCOPE}'."),
-    OptionSpec("--redirect-port", "redirect_port", "port", "Identity provider",
+    OptionSpec("--redirect-port", "redirect_port", "port", PROVIDER,
                f"Port of the sign-in callback on 127.0.0.1. Default: {DEFAULT_REDIRECT_PORT}."),
-    OptionSpec("--login-timeout", "login_timeout", "seconds", "Identity provider",
+    OptionSpec("--login-timeout", "login_timeout", "seconds", PROVIDER,
                f"How long a browser sign-in may take, in seconds. Default: "
                f"{DEFAULT_LOGIN_TIMEOUT}."),
-    OptionSpec("--non-interactive", "interactive", "flag", "Identity provider",
+    OptionSpec("--non-interactive", "interactive", "flag", PROVIDER,
                "Never open a browser: when a sign-in is needed, say so and exit 1. Also when "
-               "env CI is true or the INI says interactive = false."),
-    OptionSpec("--token-exchange-url", "token_exchange_url", "url", "OCI token exchange",
+               "env CI is true or the INI says interactive = false.", flag_sets=False),
+    OptionSpec("--token-exchange-url", "token_exchange_url", "url", EXCHANGE,
                "OCI's token-exchange endpoint. Default: the token URL."),
-    OptionSpec("--client-id", "client_id", "text", "OCI token exchange",
+    OptionSpec("--client-id", "client_id", "text", EXCHANGE,
                "The OCI token-exchange client. Required."),
-    OptionSpec("--client-secret", "client_secret", "text", "OCI token exchange",
-               "Its secret (the exchange uses HTTP Basic). Required."),
+    OptionSpec("--client-secret", "client_secret", "text", EXCHANGE,
+               "Its secret (the exchange uses HTTP Basic). Required: the flag, env "
+               "WOCI_CLIENT_SECRET or the INI. As a flag it is visible to other local users: "
+               "prefer the INI or the environment.", secret=True, env="WOCI_CLIENT_SECRET"),
     OptionSpec("--refresh-token-passphrase-env", "refresh_token_passphrase_env", "text",
-               "Refresh token encryption",
+               ENCRYPTION,
                "Encrypt the stored refresh token with the passphrase in this environment "
                "variable."),
     OptionSpec("--refresh-token-passphrase-prompt", "refresh_token_passphrase_prompt", "flag",
-               "Refresh token encryption",
+               ENCRYPTION,
                "Encrypt the stored refresh token with a passphrase asked on the terminal "
                "(wins over the environment variable)."),
-    OptionSpec("--auto-refresh", "auto_refresh", "flag", "Background refresh",
+    OptionSpec("--auto-refresh", "auto_refresh", "flag", BACKGROUND,
                "Keep the session fresh from a thread for as long as oci (or --exec's command) "
                "runs."),
-    OptionSpec("--refresh-safety-window", "refresh_safety_window", "seconds",
-               "Background refresh",
+    OptionSpec("--refresh-safety-window", "refresh_safety_window", "seconds", BACKGROUND,
                f"Renew this many seconds before the session token expires. Default: "
                f"{DEFAULT_REFRESH_SAFETY_WINDOW}."),
-    OptionSpec("--log-level", "log_level", "level", "Output",
+    OptionSpec("--log-level", "log_level", "level", OUTPUT,
                f"One of {', '.join(LOG_LEVELS)}. Default: {DEFAULT_LOG_LEVEL}. Logs go to "
                "stderr and never hold tokens or secrets."),
+    OptionSpec("--profile", "profile", "oci", OCI_READ,
+               "The OCI profile. Default: env OCI_CLI_PROFILE, else DEFAULT.", anywhere=True),
+    OptionSpec("--config-file", "config_file", "oci", OCI_READ,
+               "The OCI config file. Default: env OCI_CLI_CONFIG_FILE, else ~/.oci/config.",
+               anywhere=True),
+    OptionSpec("--region", "region", "oci", OCI_READ,
+               "Written to the profile only if it has no region yet.", anywhere=True),
+    OptionSpec("--auth", "auth", "oci", OCI_READ, "Default: security_token.", anywhere=True),
+    OptionSpec("--exec", "exec", "exec", MODES,
+               "Run CMD instead of oci, with OCI_CLI_PROFILE, OCI_CLI_CONFIG_FILE and "
+               "OCI_CLI_AUTH=security_token set (`--exec -- CMD [ARGS...]`)."),
+    OptionSpec("--daemon", Mode.DAEMON.value, "mode", MODES,
+               "Keep the session fresh from a background process; print its pid."),
+    OptionSpec("--daemon-status", Mode.DAEMON_STATUS.value, "mode", MODES,
+               "Report the daemon; exit 1 if none runs."),
+    OptionSpec("--stop-daemon", Mode.STOP_DAEMON.value, "mode", MODES, "Stop the daemon."),
+    OptionSpec("--help", Mode.HELP.value, "mode", MODES, "Show this help.", alias="-h"),
+    OptionSpec("--version", Mode.VERSION.value, "mode", MODES, "Show woci's version."),
 )
 INI_ONLY_KEYS = {
     "redirect_path": "text",
@@ -409,31 +518,40 @@ INI_ONLY_KEYS = {
     "prompt": "text",
     "encrypt_refresh_token": "bool",
 }
-MODE_FLAGS = {
-    "--daemon": "daemon",
-    "--daemon-status": "daemon_status",
-    "--stop-daemon": "stop_daemon",
-    "-h": "help",
-    "--help": "help",
-    "--version": "version",
-}
-OPTIONS_BY_FLAG = {spec.flag: spec for spec in OPTIONS}
+VALUE_KINDS = ("text", "url", "port", "seconds", "level")
+OPTIONS_BY_FLAG = {name: spec for spec in OPTIONS for name in (spec.flag, spec.alias) if name}
+SETTING_OPTIONS = tuple(spec for spec in OPTIONS if spec.kind in (*VALUE_KINDS, "flag"))
+FLAG_OF_KEY = {spec.key: spec.flag for spec in SETTING_OPTIONS}
 INI_KINDS = {**{spec.key: ("bool" if spec.kind == "flag" else spec.kind)
-                for spec in OPTIONS if spec.in_ini}, **INI_ONLY_KEYS}
+                for spec in SETTING_OPTIONS if spec.in_ini}, **INI_ONLY_KEYS}
 REQUIRED_KEYS = ("authz_base_url", "token_url", "auth_client_id", "client_id", "client_secret")
-SECRET_KEYS = ("auth_client_secret", "client_secret")
+SECRET_KEYS = tuple(spec.key for spec in OPTIONS if spec.secret)
+# The OCI options woci reads, by flag: their values also decide oci's command words.
+OCI_PASSTHROUGH_OPTIONS = {spec.flag: spec.key for spec in OPTIONS if spec.kind == "oci"}
+# oci's global options that take a value (oci-cli 3.95): their values are not command words.
+OCI_VALUE_OPTIONS = frozenset({
+    *OCI_PASSTHROUGH_OPTIONS, "--cli-rc-file", "--defaults-file", "--opc-request-id",
+    "--opc-client-request-id", "--request-id", "--endpoint", "--connection-timeout",
+    "--federation-endpoint", "--read-timeout", "--cert-bundle", "--output", "--query",
+    "--auth-purpose", "--generate-param-json-input", "--proxy", "--max-retries",
+    "--enable-propagation",
+})
 
 
 @dataclasses.dataclass(frozen=True)
 class CommandLine:
-    """argv split between woci and oci (SPEC section 2)."""
+    """argv split between woci and oci."""
 
     woci: Dict[str, object]            # woci option key -> raw value (str) or True for flags
     oci_args: List[str]                # passed to oci unchanged, in order
     oci_options: Dict[str, str]        # --profile/--config-file/--region/--auth, read anywhere
-    # run, exec, daemon, daemon_status, stop_daemon, help or version
-    mode: str = "run"
+    mode: Mode = Mode.RUN
     exec_argv: Tuple[str, ...] = ()
+
+    @property
+    def secret_flags(self) -> List[str]:
+        """The secrets given on the command line, by flag: every local user can read them."""
+        return [spec.flag for spec in SETTING_OPTIONS if spec.secret and spec.key in self.woci]
 
 
 def _option_value(argv: List[str], index: int, name: str, inline: Optional[str]) -> Tuple[str, int]:
@@ -450,14 +568,14 @@ def split_command_line(argv: List[str]) -> CommandLine:
 
     woci's options stand before the oci command; from the first argument that is none of them
     (nor one of the four OCI options woci reads, nor a value), everything belongs to oci,
-    because oci commands have options named like woci's (`--scope`, `--client-id`). Two
-    exceptions keep kubeconfig exec entries short: --manager-config is taken anywhere, and
-    --profile/--config-file/--region/--auth are read anywhere (and still passed to oci).
+    because oci commands have options named like woci's (`--scope`, `--client-id`). Options
+    marked `anywhere` in the table are read wherever they stand: --manager-config is taken,
+    --profile/--config-file/--region/--auth are read and still passed to oci.
     """
     woci: Dict[str, object] = {}
     oci_args: List[str] = []
     oci_options: Dict[str, str] = {}
-    mode = "run"
+    mode = Mode.RUN
     exec_argv: Tuple[str, ...] = ()
     in_oci = False
     i = 0
@@ -465,61 +583,45 @@ def split_command_line(argv: List[str]) -> CommandLine:
         arg = argv[i]
         name, has_inline, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         inline_value = inline if has_inline else None
-        if name == "--manager-config":
-            woci["manager_config"], i = _option_value(argv, i, name, inline_value)
-        elif name in OCI_PASSTHROUGH_OPTIONS:
+        spec = OPTIONS_BY_FLAG.get(name)
+        if spec is not None and spec.anywhere and spec.kind == "oci":
             value, nxt = _option_value(argv, i, name, inline_value)
-            oci_options[OCI_PASSTHROUGH_OPTIONS[name]] = value
+            oci_options[spec.key] = value
             oci_args.extend(argv[i:nxt])
             i = nxt
+        elif spec is not None and spec.anywhere:
+            woci[spec.key], i = _option_value(argv, i, name, inline_value)
         elif in_oci:
             oci_args.append(arg)
             i += 1
         elif arg == "--":
             in_oci = True
             i += 1
-        elif arg == "--exec":
+        elif spec is None:
+            in_oci = True
+            oci_args.append(arg)
+            i += 1
+        elif spec.kind == "exec":
             rest = argv[i + 1:]
             if rest[:1] == ["--"]:
                 rest = rest[1:]
             if not rest:
                 raise ConfigError("--exec needs a command: woci --exec -- CMD [ARGS...]")
-            mode, exec_argv = "exec", tuple(rest)
+            mode, exec_argv = Mode.EXEC, tuple(rest)
             break
-        elif name in MODE_FLAGS:
+        elif spec.kind in ("mode", "flag"):
             if has_inline:
                 raise ConfigError(f"{name} takes no value")
-            if mode != "run":
-                raise ConfigError(f"{name} cannot be combined with --{mode.replace('_', '-')}")
-            mode = MODE_FLAGS[name]
-            i += 1
-        elif name in OPTIONS_BY_FLAG:
-            spec = OPTIONS_BY_FLAG[name]
             if spec.kind == "flag":
-                if has_inline:
-                    raise ConfigError(f"{name} takes no value")
                 woci[spec.key] = True
-                i += 1
+            elif mode is not Mode.RUN:
+                raise ConfigError(f"{name} cannot be combined with --{mode.value}")
             else:
-                woci[spec.key], i = _option_value(argv, i, name, inline_value)
-        else:
-            in_oci = True
-            oci_args.append(arg)
+                mode = Mode(spec.key)
             i += 1
+        else:
+            woci[spec.key], i = _option_value(argv, i, name, inline_value)
     return CommandLine(woci, oci_args, oci_options, mode, exec_argv)
-
-
-def oci_action(oci_args: List[str]) -> str:
-    """What the oci arguments ask of woci: none, authenticate, refresh, or run."""
-    command = oci_command_words(oci_args)
-    if not command and all(a.partition("=")[0] in OCI_VALUE_OPTIONS for a in oci_args
-                           if a.startswith("-")):
-        return "none"   # only --profile and friends: nothing for oci to do
-    if command[:2] == ["session", "authenticate"]:
-        return "authenticate"
-    if command[:2] == ["session", "refresh"]:
-        return "refresh"
-    return "run"
 
 
 def oci_command_words(oci_args: List[str]) -> List[str]:
@@ -538,6 +640,19 @@ def oci_command_words(oci_args: List[str]) -> List[str]:
         else:
             words.append(arg)
     return words
+
+
+def oci_action(oci_args: List[str]) -> OciAction:
+    """What the oci arguments ask of woci."""
+    command = oci_command_words(oci_args)
+    if not command and all(a.partition("=")[0] in OCI_VALUE_OPTIONS for a in oci_args
+                           if a.startswith("-")):
+        return OciAction.NONE
+    if command[:2] == ["session", "authenticate"]:
+        return OciAction.AUTHENTICATE
+    if command[:2] == ["session", "refresh"]:
+        return OciAction.REFRESH
+    return OciAction.RUN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -578,16 +693,6 @@ class Settings:
                     or self.encrypt_refresh_token)
 
 
-def _home(environ: Mapping[str, str]) -> Path:
-    return Path(environ.get("HOME") or Path.home())
-
-
-def _expand(path: str, environ: Mapping[str, str]) -> Path:
-    if path == "~" or path.startswith("~/"):
-        return _home(environ) / path[2:]
-    return Path(path)
-
-
 def resolve_profile(cmd: CommandLine, environ: Mapping[str, str]) -> str:
     profile = cmd.oci_options.get("profile") or environ.get("OCI_CLI_PROFILE") or DEFAULT_PROFILE
     if "/" in profile or profile in (".", "..") or "\x00" in profile:
@@ -597,7 +702,7 @@ def resolve_profile(cmd: CommandLine, environ: Mapping[str, str]) -> str:
 
 def resolve_oci_config_file(cmd: CommandLine, environ: Mapping[str, str]) -> Path:
     path = cmd.oci_options.get("config_file") or environ.get("OCI_CLI_CONFIG_FILE")
-    return _expand(path, environ) if path else _home(environ) / ".oci" / "config"
+    return expand_home(path, environ) if path else home_folder(environ) / ".oci" / "config"
 
 
 def manager_config_candidates(cmd: CommandLine, environ: Mapping[str, str],
@@ -605,9 +710,9 @@ def manager_config_candidates(cmd: CommandLine, environ: Mapping[str, str],
     """Where to look for the manager INI, and whether the path was given explicitly."""
     explicit = cmd.woci.get("manager_config") or environ.get("WOCI_MANAGER_CONFIG")
     if explicit:
-        return [_expand(str(explicit), environ)], True
+        return [expand_home(str(explicit), environ)], True
     return [oci_config_file.parent / MANAGER_INI_NAME,
-            _home(environ) / ".oci" / MANAGER_INI_NAME], False
+            home_folder(environ) / ".oci" / MANAGER_INI_NAME], False
 
 
 def parse_manager_ini(text: str, source: str) -> configparser.ConfigParser:
@@ -616,12 +721,8 @@ def parse_manager_ini(text: str, source: str) -> configparser.ConfigParser:
     try:
         parser.read_string(text, source=source)
     except configparser.Error as exc:
-        raise ConfigError(f"manager config {source} is not valid INI: {_one_line(exc)}") from exc
+        raise ConfigError(f"manager config {source} is not valid INI: {one_line(exc)}") from exc
     return parser
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def load_manager_ini(candidates: List[Path], explicit: bool
@@ -635,18 +736,12 @@ def load_manager_ini(candidates: List[Path], explicit: bool
             continue
         except (OSError, UnicodeDecodeError) as exc:
             if explicit:
-                raise ConfigError(f"cannot read manager config {path}: {_describe_os_error(exc)}")
+                raise ConfigError(f"cannot read manager config {path}: {describe_os_error(exc)}")
             LOG.warning("cannot read manager config %s (%s); going on without it", path,
-                        _describe_os_error(exc))
+                        describe_os_error(exc))
             continue
         return path, parse_manager_ini(text, str(path))
     return None, None
-
-
-def _describe_os_error(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return _one_line(exc)
 
 
 def ini_values(parser: Optional[configparser.ConfigParser], profile: str) -> Dict[str, str]:
@@ -698,7 +793,7 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
 def build_settings(cmd: CommandLine, environ: Mapping[str, str],
                    manager_ini: Optional[configparser.ConfigParser],
                    manager_path: Optional[Path]) -> Settings:
-    """Settings from flag > INI [profile] > INI [COMMON] > defaults (SPEC section 3)."""
+    """Settings from flag > environment (secrets) > INI [profile] > INI [COMMON] > defaults."""
     profile = resolve_profile(cmd, environ)
     ini = ini_values(manager_ini, profile)
     ini_where = f"{manager_path} [{profile}] or [{COMMON_SECTION}]" if manager_path else "INI"
@@ -710,18 +805,17 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
     for key, kind in INI_KINDS.items():
         if key in ini and ini[key].strip() != "":
             values[key] = _convert(key, kind, ini[key], ini_where)
-    for spec in OPTIONS:
-        if spec.key in cmd.woci and spec.key != "manager_config":
-            if spec.kind == "flag":
-                # --non-interactive is the one flag that sets its key to false.
-                values[spec.key] = spec.key != "interactive"
-            else:
-                values[spec.key] = _convert(spec.key, spec.kind, cmd.woci[spec.key], spec.flag)
+    for spec in SETTING_OPTIONS:
+        if spec.env and environ.get(spec.env):
+            values[spec.key] = _convert(spec.key, spec.kind, environ[spec.env], spec.env)
+        if spec.key in cmd.woci:
+            values[spec.key] = spec.flag_sets if spec.kind == "flag" else \
+                _convert(spec.key, spec.kind, cmd.woci[spec.key], spec.flag)
 
     missing = [key for key in REQUIRED_KEYS if not values.get(key)]
     if missing:
         where = manager_path or "~/.oci/woci_manager.ini"
-        flags = ", ".join(f"{key} (--{key.replace('_', '-')})" for key in missing)
+        flags = ", ".join(f"{key} ({FLAG_OF_KEY[key]})" for key in missing)
         raise ConfigError(f"missing settings: {flags}; set them in [{profile}] or "
                           f"[{COMMON_SECTION}] of {where}, or pass the flags")
     redirect_path = str(values.get("redirect_path", DEFAULT_REDIRECT_PATH))
@@ -770,7 +864,9 @@ class SessionPaths:
 
     @classmethod
     def for_profile(cls, profile: str, environ: Mapping[str, str]) -> "SessionPaths":
-        return cls(_home(environ) / ".oci" / SESSIONS_FOLDER / profile)
+        return cls(home_folder(environ) / ".oci" / SESSIONS_FOLDER / profile)
+
+    root = property(lambda self: self.folder.parent)   # ~/.oci/sessions, all profiles'
 
     token = property(lambda self: self.folder / TOKEN_FILE)
     key = property(lambda self: self.folder / KEY_FILE)
@@ -783,7 +879,11 @@ class SessionPaths:
 
 
 def ensure_private_folder(folder: Path) -> None:
-    """The folder, mode 0700, with any missing parents (~/.oci, sessions) made 0700 too."""
+    """The folder, with any missing parents (~/.oci, sessions), made 0700 where woci makes them.
+
+    A folder that exists already is the user's: its mode is never changed (a config file in
+    ~/project, or /tmp with its sticky bit).
+    """
     missing = []
     for candidate in (folder, *folder.parents):
         if candidate.exists():
@@ -792,34 +892,8 @@ def ensure_private_folder(folder: Path) -> None:
     try:
         for path in reversed(missing):
             path.mkdir(mode=0o700, exist_ok=True)
-        if folder.stat().st_mode & 0o077:
-            folder.chmod(0o700)
     except OSError as exc:
-        raise StorageError(f"cannot create {folder}: {_describe_os_error(exc)}") from exc
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write via a temporary file in the same folder, fsync, rename: readers see old or new."""
-    folder = path.parent
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise StorageError(f"cannot write {path}: {_describe_os_error(exc)}") from exc
-    try:
-        # mkstemp creates 0600; set the final mode before any data is in the file.
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(folder)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise StorageError(f"cannot write {path}: {_describe_os_error(exc)}") from exc
+        raise StorageError(f"cannot create {folder}: {describe_os_error(exc)}") from exc
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -835,6 +909,30 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write via a temporary file in the same folder, fsync, rename: readers see old or new."""
+    folder = path.parent
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
+    try:
+        # mkstemp creates 0600; set the final mode before any data is in the file.
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_folder(folder)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
+
+
 def read_file_if_present(path: Path) -> Optional[bytes]:
     try:
         return path.read_bytes()
@@ -843,30 +941,29 @@ def read_file_if_present(path: Path) -> Optional[bytes]:
     except IsADirectoryError as exc:
         raise StorageError(f"{path} is a folder, not a file") from exc
     except OSError as exc:
-        raise StorageError(f"cannot read {path}: {_describe_os_error(exc)}") from exc
+        raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from exc
 
 
-class ProfileLock:
-    """An exclusive flock on the profile's lock file, bounded wait; the OS frees it on death.
+class FileLock:
+    """An exclusive flock on a lock file (never the data file), bounded wait.
 
-    Held around read refresh token -> refresh -> exchange -> write, and around a browser
-    sign-in, so parallel runs make one refresh and open one browser tab.
+    The OS frees it when the holder dies, so a killed woci never leaves a stale lock.
     """
 
-    def __init__(self, path: Path, timeout: float, profile: str,
+    def __init__(self, path: Path, timeout: float, busy_message: str,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
-        self.path, self.timeout, self.profile = path, timeout, profile
+        self.path, self.timeout, self.busy_message = path, timeout, busy_message
         self.clock, self.sleep = clock, sleep
         self.fd: Optional[int] = None
 
-    def __enter__(self) -> "ProfileLock":
+    def __enter__(self) -> "FileLock":
         ensure_private_folder(self.path.parent)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot open lock file {self.path}: "
-                               f"{_describe_os_error(exc)}") from exc
+                               f"{describe_os_error(exc)}") from exc
         deadline = self.clock() + self.timeout
         logged = False
         while True:
@@ -879,11 +976,10 @@ class ProfileLock:
                     raise StorageError(f"cannot lock {self.path}: {exc.strerror}") from exc
             if self.clock() >= deadline:
                 os.close(fd)
-                raise WociError(f"another woci has been renewing profile {self.profile} for "
-                                f"over {format_duration(self.timeout)}; gave up waiting for it "
-                                f"(lock file {self.path})")
+                raise WociError(f"{self.busy_message} for over {format_duration(self.timeout)}; "
+                                f"gave up waiting for it (lock file {self.path})")
             if not logged:
-                LOG.info("waiting for another woci that is renewing profile %s", self.profile)
+                LOG.info("waiting: %s", self.busy_message)
                 logged = True
             self.sleep(LOCK_POLL_SECONDS)
         self.fd = fd
@@ -893,6 +989,29 @@ class ProfileLock:
         if self.fd is not None:
             os.close(self.fd)  # closing releases the flock
             self.fd = None
+
+
+class ProfileLock(FileLock):
+    """Held around read refresh token -> refresh -> exchange -> write, and around a sign-in,
+    so parallel runs make one refresh and open one browser tab."""
+
+    def __init__(self, path: Path, timeout: float, profile: str, **seams):
+        super().__init__(path, timeout, f"another woci has been renewing profile {profile}",
+                         **seams)
+
+
+class ConfigLock(FileLock):
+    """Held only for a read-change-write of the OCI config, never across a network call.
+
+    Every woci editing the same file (any profile, any daemon) takes the same lock: its name
+    comes from the file's real path, and it lives among the sessions, not beside the config.
+    """
+
+    def __init__(self, sessions_root: Path, config_file: Path, **seams):
+        digest = hashlib.sha256(os.path.realpath(config_file).encode()).hexdigest()[:16]
+        super().__init__(sessions_root / f"{CONFIG_LOCK_PREFIX}{digest}.lock",
+                         CONFIG_LOCK_TIMEOUT_SECONDS,
+                         f"another woci has been writing {config_file}", **seams)
 
 
 # --- the session token -----------------------------------------------------------------------
@@ -931,7 +1050,7 @@ def session_is_fresh(state: TokenState, now: float, min_validity: float) -> bool
 class PassphraseSource:
     """Where the refresh-token passphrase comes from; asked at most once per process.
 
-    A prompt wins over the environment variable (SPEC section 7). The daemon keeps the
+    A prompt wins over the environment variable. The daemon keeps the
     passphrase only in this object's memory.
     """
 
@@ -1020,12 +1139,13 @@ def decrypt_refresh_token(raw: bytes, passphrase: str, path: Path) -> str:
             raise ValueError(f"unknown version {document.get('version')!r} or KDF "
                              f"{document.get('kdf')!r} (written by a newer woci?)")
         iterations = document["iterations"]
-        if not isinstance(iterations, int) or iterations < PBKDF2_MIN_ITERATIONS:
+        if not isinstance(iterations, int) or isinstance(iterations, bool) or \
+                not PBKDF2_MIN_ITERATIONS <= iterations <= PBKDF2_MAX_ITERATIONS:
             raise ValueError(f"implausible iteration count {iterations!r}")
         salt, nonce, ciphertext = (base64.b64decode(document[k], validate=True)
                                    for k in ("salt", "nonce", "ciphertext"))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RefreshTokenError(f"{damaged} ({_one_line(exc)}); sign in again with "
+        raise RefreshTokenError(f"{damaged} ({one_line(exc)}); sign in again with "
                                 "`woci session authenticate` to replace it") from exc
     try:
         plain = AESGCM(_derive_key(passphrase, salt, iterations)).decrypt(
@@ -1082,6 +1202,21 @@ class RefreshTokenStore:
 # --- the OCI config file ---------------------------------------------------------------------
 
 
+def split_config_lines(text: str) -> List[str]:
+    """The lines with their endings, split exactly where configparser reading a file splits
+    (universal newlines: \\n, \\r\\n, \\r), and nowhere else: str.splitlines also breaks at
+    U+0085, U+2028 and form feeds, and woci would then see sections that oci does not."""
+    lines: List[str] = []
+    start = 0
+    for index, char in enumerate(text):
+        if char == "\n" or (char == "\r" and text[index + 1:index + 2] != "\n"):
+            lines.append(text[start:index + 1])
+            start = index + 1
+    if start < len(text):
+        lines.append(text[start:])
+    return lines
+
+
 def read_oci_config(path: Path) -> Tuple[Optional[str], configparser.ConfigParser]:
     """The OCI config's text (None when absent) and its parse, refusing one oci could not read."""
     raw = read_file_if_present(path)
@@ -1090,14 +1225,14 @@ def read_oci_config(path: Path) -> Tuple[Optional[str], configparser.ConfigParse
         return None, parser
     try:
         text = raw.decode("utf-8")
-        parser.read_string(text, source=str(path))
+        parser.read_file(split_config_lines(text), source=str(path))
     except (UnicodeDecodeError, configparser.Error) as exc:
-        raise ConfigError(f"OCI config {path} is not valid INI: {_one_line(exc)}; "
+        raise ConfigError(f"OCI config {path} is not valid INI: {one_line(exc)}; "
                           "fix it first, woci changes nothing in it") from exc
     return text, parser
 
 
-def _profile_exists(config: configparser.ConfigParser, profile: str) -> bool:
+def profile_exists(config: configparser.ConfigParser, profile: str) -> bool:
     """configparser never lists DEFAULT as a section, but oci reads it like one."""
     return config.has_section(profile) or profile == DEFAULT_PROFILE
 
@@ -1121,7 +1256,7 @@ def _key_of(line: str) -> Optional[str]:
 def upsert_profile(text: Optional[str], profile: str, values: Mapping[str, str]) -> str:
     """The config text with the profile's keys set; every other byte stays as it was."""
     newline = "\r\n" if text and "\r\n" in text else "\n"
-    lines = (text or "").splitlines(keepends=True)
+    lines = split_config_lines(text or "")
     start = next((i for i, line in enumerate(lines) if _is_section_header(line) == profile), None)
     if start is None:
         out = "".join(lines)
@@ -1169,8 +1304,74 @@ def write_oci_config(path: Path, old_text: Optional[str], new_text: str) -> None
         mode = 0o600
         ensure_private_folder(target.parent)
     except OSError as exc:
-        raise StorageError(f"cannot write {path}: {_describe_os_error(exc)}") from exc
+        raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
     atomic_write(target, new_text.encode("utf-8"), mode)
+
+
+# --- the OCI profile woci keeps: a pure policy, then one locked write ------------------------
+
+
+def session_key_path(config: configparser.ConfigParser, profile: str, paths: SessionPaths,
+                     environ: Mapping[str, str]) -> Path:
+    """The profile's own key_file when it lies in the session folder, else the session's."""
+    if profile_exists(config, profile):
+        configured = config.get(profile, "key_file", fallback=None)
+        if configured:
+            path = expand_home(configured, environ)
+            if path.parent.resolve() == paths.folder.resolve():
+                return path
+    return paths.key
+
+
+def profile_values(settings: Settings, paths: SessionPaths, config: configparser.ConfigParser,
+                   key_path: Path, upst: str, fingerprint: Optional[str]) -> Dict[str, str]:
+    """What the profile must say for oci and the SDKs to use this session."""
+    values = {"key_file": str(key_path.absolute()),
+              "security_token_file": str(paths.token.absolute())}
+    if fingerprint:
+        values["fingerprint"] = fingerprint
+    tenant = jwt_claims_unverified(upst).get("tenant")
+    if isinstance(tenant, str) and tenant:
+        values["tenancy"] = tenant
+    profile = settings.profile
+    has_region = profile_exists(config, profile) and bool(
+        config.get(profile, "region", fallback=None))
+    # The INI's region is the profile's; a one-off --region must not change its default.
+    if settings.region:
+        values["region"] = settings.region
+    elif settings.cli_region and not has_region:
+        values["region"] = settings.cli_region
+    return values
+
+
+def profile_is_wired(config: configparser.ConfigParser, profile: str, paths: SessionPaths,
+                     environ: Mapping[str, str]) -> bool:
+    """True when the OCI profile already points at this session's token and has a key."""
+    if not profile_exists(config, profile):
+        return False
+    token_file = config.get(profile, "security_token_file", fallback="")
+    return (bool(config.get(profile, "key_file", fallback=""))
+            and expand_home(token_file, environ) == paths.token.absolute())
+
+
+def stored_key_fingerprint(paths: SessionPaths) -> Optional[str]:
+    """The fingerprint of the session's public key file, read without cryptography."""
+    try:
+        public_pem = read_file_if_present(paths.public_key)
+        return md5_fingerprint(pem_body_der(public_pem)) if public_pem else None
+    except (StorageError, ValueError):
+        return None
+
+
+def update_oci_profile(settings: Settings, paths: SessionPaths, environ: Mapping[str, str],
+                       key_path: Path, upst: str, fingerprint: Optional[str]) -> None:
+    """Point the profile at the session, applied to the file as it is now, under its lock:
+    an edit another tool (or woci for another profile) made meanwhile is kept."""
+    with ConfigLock(paths.root, settings.oci_config_file):
+        text, config = read_oci_config(settings.oci_config_file)
+        values = profile_values(settings, paths, config, key_path, upst, fingerprint)
+        write_oci_config(settings.oci_config_file, text,
+                         upsert_profile(text, settings.profile, values))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1186,6 +1387,38 @@ class TokenResponse(NamedTuple):
 def _no_netrc(request):
     """An auth hook that adds nothing: with it set, requests never reads ~/.netrc."""
     return request
+
+
+def _short_cause(exc: BaseException) -> str:
+    """The innermost reason of a requests failure, short enough for one line."""
+    cause = exc
+    while cause.__context__ is not None and cause.__context__ is not cause:
+        cause = cause.__context__
+    text = one_line(cause) or type(cause).__name__
+    if "timed out" in text.lower():
+        return "timed out"
+    if "refused" in text.lower():
+        return "connection refused"
+    return text[:200]
+
+
+def _parse_oauth_answer(response, url: str, what: str, skew: Optional[float]) -> dict:
+    note = clock_skew_note(skew, "the server")
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        ctype = response.headers.get("Content-Type", "no content type").split(";")[0]
+        raise HttpError(f"the {what} at {url} answered HTTP {response.status_code} with "
+                        f"{ctype} instead of JSON; is the URL right?{note}")
+    if response.status_code >= 400 or "error" in document:
+        error = str(document.get("error") or f"HTTP {response.status_code}")
+        description = str(document.get("error_description") or "").strip()
+        detail = f"{error}: {description}" if description else error
+        raise OAuthError(f"the {what} at {url} refused the request: {detail}{note}",
+                         error, response.status_code)
+    return document
 
 
 def post_form(url: str, form: Mapping[str, str], what: str,
@@ -1234,38 +1467,6 @@ def post_form(url: str, form: Mapping[str, str], what: str,
             sleep(retry_delay(attempt, retry_after, jitter))
     raise HttpError(f"the {what} at {url} failed {HTTP_ATTEMPTS} times, last with "
                     f"{last_problem}; try again later" + clock_skew_note(skew, "the server"))
-
-
-def _short_cause(exc: BaseException) -> str:
-    """The innermost reason of a requests failure, short enough for one line."""
-    cause = exc
-    while cause.__context__ is not None and cause.__context__ is not cause:
-        cause = cause.__context__
-    text = _one_line(cause) or type(cause).__name__
-    if "timed out" in text.lower():
-        return "timed out"
-    if "refused" in text.lower():
-        return "connection refused"
-    return text[:200]
-
-
-def _parse_oauth_answer(response, url: str, what: str, skew: Optional[float]) -> dict:
-    note = clock_skew_note(skew, "the server")
-    try:
-        document = response.json()
-    except ValueError:
-        document = None
-    if not isinstance(document, dict):
-        ctype = response.headers.get("Content-Type", "no content type").split(";")[0]
-        raise HttpError(f"the {what} at {url} answered HTTP {response.status_code} with "
-                        f"{ctype} instead of JSON; is the URL right?{note}")
-    if response.status_code >= 400 or "error" in document:
-        error = str(document.get("error") or f"HTTP {response.status_code}")
-        description = str(document.get("error_description") or "").strip()
-        detail = f"{error}: {description}" if description else error
-        raise OAuthError(f"the {what} at {url} refused the request: {detail}{note}",
-                         error, response.status_code)
-    return document
 
 
 def _client_auth(settings: Settings) -> Optional[Tuple[str, str]]:
@@ -1328,12 +1529,20 @@ def callback_page(title: str, message: str) -> bytes:
     return CALLBACK_PAGE.format(title=html.escape(title), message=html.escape(message)).encode()
 
 
-def evaluate_callback(query: Mapping[str, List[str]], expected_state: str) -> CallbackResult:
-    """What one request to the callback path means for the sign-in."""
+WRONG_STATE = ("This answer did not come from woci's sign-in (its state is wrong or missing), "
+               "so woci ignored it. Finish the sign-in in the tab woci opened.")
+
+
+def evaluate_callback(query: Mapping[str, List[str]], expected_state: str
+                      ) -> Optional[CallbackResult]:
+    """What one request to the callback path means: None when it is not woci's answer.
+
+    Any web page can make the browser send a request here; only the right state proves it
+    came back from woci's own authorization request, so nothing else ends the sign-in.
+    """
     state = (query.get("state") or [""])[0]
     if not secrets.compare_digest(state.encode(), expected_state.encode()):
-        return CallbackResult(None, "the sign-in answer carried the wrong state (it did not "
-                                    "come from this sign-in); run woci again")
+        return None
     if query.get("error"):
         error = query["error"][0]
         description = (query.get("error_description") or [""])[0]
@@ -1346,32 +1555,53 @@ def evaluate_callback(query: Mapping[str, List[str]], expected_state: str) -> Ca
 
 
 def open_callback_server(port: int, path: str, state: str):
-    """An HTTP server on 127.0.0.1:port that turns the first request to path into a result.
+    """An HTTP server on 127.0.0.1:port whose first answer to path with the right state is
+    the sign-in's result. Each connection has a thread of its own, so a client that sends a
+    byte now and then cannot hold up the browser's answer or the deadline.
 
     http.server is imported here, not at the top: only a sign-in needs it, and importing it
     costs a run with a valid session a third of woci's start-up.
     """
     import http.server
 
-    class CallbackServer(http.server.HTTPServer):
+    class CallbackServer(http.server.ThreadingHTTPServer):
         expected_path, expected_state = path, state
+        daemon_threads = True
+        block_on_close = False   # a dribbling client must not hold up the close
         result: Optional[CallbackResult] = None
+
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.answered = threading.Event()
+            self.taking = threading.Lock()
+
+        def take(self, result: CallbackResult) -> bool:
+            """Keep the first result; two answers racing in two threads cannot both win."""
+            with self.taking:
+                if self.result is not None:
+                    return False
+                self.result = result
+            self.answered.set()
+            return True
 
     class CallbackHandler(http.server.BaseHTTPRequestHandler):
         server: CallbackServer
-        # Browsers open idle preconnect sockets: one must not hold the wait past its deadline.
-        timeout = 1.0
+        # Browsers open idle preconnect sockets: their threads should not linger.
+        timeout = 5.0
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             parts = urllib.parse.urlsplit(self.path)
-            if parts.path != self.server.expected_path or self.server.result is not None:
+            if parts.path != self.server.expected_path or self.server.answered.is_set():
                 # favicon.ico and other strays: not our business, and not the end of the wait.
                 self._answer(404, callback_page("Not found", "This is woci's sign-in callback."))
                 return
             result = evaluate_callback(urllib.parse.parse_qs(parts.query),
                                        self.server.expected_state)
-            self.server.result = result
-            if result.code:
+            if result is None or not self.server.take(result):
+                LOG.warning("ignored a request to the sign-in callback that did not come from "
+                            "this sign-in (wrong or missing state)")
+                self._answer(400, callback_page("Not woci's sign-in", WRONG_STATE))
+            elif result.code:
                 self._answer(200, callback_page("Signed in", "woci has what it needs. You can "
                                                 "close this tab and go back to your terminal."))
             else:
@@ -1400,16 +1630,18 @@ def open_callback_server(port: int, path: str, state: str):
                         f"{exc.strerror}") from exc
 
 
-def wait_for_callback(server, timeout: float,
-                      clock: Callable[[], float] = time.monotonic) -> CallbackResult:
-    deadline = clock() + timeout
-    while server.result is None:
-        remaining = deadline - clock()
-        if remaining <= 0:
-            raise AuthError(f"sign-in timed out after {format_duration(timeout)} waiting for "
-                            "the browser to come back; run woci again (or raise login_timeout)")
-        server.timeout = min(remaining, 1.0)
-        server.handle_request()
+def wait_for_callback(server, timeout: float) -> CallbackResult:
+    """Serve the callback until it has a result or timeout seconds pass, whatever clients do."""
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                               name="woci-callback", daemon=True)
+    serving.start()
+    try:
+        answered = server.answered.wait(timeout)
+    finally:
+        server.shutdown()
+    if not answered:
+        raise AuthError(f"sign-in timed out after {format_duration(timeout)} waiting for "
+                        "the browser to come back; run woci again (or raise login_timeout)")
     return server.result
 
 
@@ -1471,7 +1703,7 @@ def load_private_key(path: Path):
         key = serialization.load_pem_private_key(raw, password=None)
     except (ValueError, TypeError) as exc:
         LOG.warning("the session key %s is unusable (%s); making a new one", path,
-                    _one_line(exc) or type(exc).__name__)
+                    one_line(exc) or type(exc).__name__)
         return None
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -1508,33 +1740,19 @@ def public_key_pem(key) -> bytes:
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def request_upst(settings: Settings, access_token: str, key) -> str:
-    """Exchange the provider's access token (never the ID token) for a UPST bound to key."""
-    form = {"grant_type": TOKEN_EXCHANGE_GRANT, "requested_token_type": UPST_TOKEN_TYPE,
-            "subject_token": access_token, "subject_token_type": "jwt",
-            "public_key": base64.b64encode(public_key_der(key)).decode("ascii")}
-    try:
-        document = post_form(settings.token_exchange_url, form, "OCI token exchange",
-                             (settings.client_id, settings.client_secret),
-                             ca_bundle=settings.ca_bundle)
-    except OAuthError as exc:
-        raise ExchangeError(str(exc)) from exc
-    upst = document.get("token")
-    if not isinstance(upst, str) or not upst:
-        raise ExchangeError(f"the OCI token exchange at {settings.token_exchange_url} answered "
-                            "without a token")
-    check_upst(upst, key, settings.token_exchange_url)
-    return upst
-
-
-def check_upst(upst: str, key, url: str) -> None:
-    """Refuse a UPST oci could not use: no integer exp, or bound to another key than ours."""
+def check_upst(upst: str, key, url: str, now: float) -> None:
+    """Refuse a UPST that oci, or woci later, could not use safely: not printable ASCII, no
+    integer exp or one more than a day ahead, or bound to another key than ours."""
+    unusable = f"the OCI token exchange at {url} answered with an unusable token"
+    if not (upst.isascii() and upst.isprintable()) or any(ch.isspace() for ch in upst):
+        raise ExchangeError(f"{unusable} (it is not printable ASCII); nothing was saved")
     try:
         claims = jwt_claims_unverified(upst)
-        jwt_expiry(upst)
+        exp = jwt_expiry(upst)
     except ValueError as exc:
-        raise ExchangeError(f"the OCI token exchange at {url} answered with an unusable "
-                            f"token ({exc})") from exc
+        raise ExchangeError(f"{unusable} ({exc}); nothing was saved") from exc
+    if exp > now + UPST_MAX_LIFETIME_SECONDS:
+        raise ExchangeError(f"{unusable} (its exp lies more than a day ahead); nothing was saved")
     jwk = claims.get("jwk")
     if jwk is None:
         return
@@ -1551,190 +1769,221 @@ def check_upst(upst: str, key, url: str) -> None:
                             "another key than the one woci sent; nothing was saved")
 
 
+def request_upst(settings: Settings, access_token: str, key,
+                 now: Callable[[], float] = time.time) -> str:
+    """Exchange the provider's access token (never the ID token) for a UPST bound to key."""
+    form = {"grant_type": TOKEN_EXCHANGE_GRANT, "requested_token_type": UPST_TOKEN_TYPE,
+            "subject_token": access_token, "subject_token_type": "jwt",
+            "public_key": base64.b64encode(public_key_der(key)).decode("ascii")}
+    try:
+        document = post_form(settings.token_exchange_url, form, "OCI token exchange",
+                             (settings.client_id, settings.client_secret),
+                             ca_bundle=settings.ca_bundle)
+    except OAuthError as exc:
+        raise ExchangeError(str(exc)) from exc
+    upst = document.get("token")
+    if not isinstance(upst, str) or not upst:
+        raise ExchangeError(f"the OCI token exchange at {settings.token_exchange_url} answered "
+                            "without a token")
+    check_upst(upst, key, settings.token_exchange_url, now())
+    return upst
+
+
 # --------------------------------------------------------------------------------------------
 # 7. The session: getting a valid UPST onto disk
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class SessionManager:
-    """Keeps one profile's session valid. The ladder, in ensure():
+class Renewal(enum.Enum):
+    """How far ensure_session goes even when the session is still valid."""
 
-    1. The UPST is valid for more than min_validity seconds: nothing to do (no lock taken,
-       no network, requests and cryptography not imported).
-    2. Take the profile lock and look again: another woci may have renewed it meanwhile.
-    3. A refresh token is stored: refresh grant, save a rotated refresh token at once (before
-       the exchange can fail), exchange, write key, token and config. If the provider refuses
-       the refresh token, re-read it once: another process may have rotated it.
-    4. A browser sign-in, unless nobody can answer one (not interactive, the daemon, the
-       auto-refresh thread): then SignInNeeded says what to run.
+    IF_NEEDED = "if-needed"
+    REFRESH = "refresh"    # `session refresh`: renew now (a sign-in if the refresh token fails)
+    SIGN_IN = "sign-in"    # `session authenticate`: a fresh sign-in
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """One profile's session and what may be done to renew it.
+
+    can_sign_in is decided once, by whoever opens the session: false when the settings say
+    nobody is there (--non-interactive, CI) and in the background (the daemon, the
+    auto-refresh thread), where nobody could answer a browser.
     """
 
     settings: Settings
     environ: Mapping[str, str]
-    passphrase: PassphraseSource
-    can_sign_in: bool = True
+    paths: SessionPaths
+    refresh_tokens: RefreshTokenStore
+    can_sign_in: bool
     open_browser: Callable[[str], bool] = launch_browser
     now: Callable[[], float] = time.time
 
-    def __post_init__(self) -> None:
-        self.paths = SessionPaths.for_profile(self.settings.profile, self.environ)
-        self.refresh_tokens = RefreshTokenStore(self.paths.refresh_token, self.passphrase)
+    @classmethod
+    def open(cls, settings: Settings, environ: Mapping[str, str],
+             passphrase: Optional[PassphraseSource] = None, background: bool = False,
+             **seams) -> "Session":
+        paths = SessionPaths.for_profile(settings.profile, environ)
+        store = RefreshTokenStore(paths.refresh_token,
+                                  passphrase or PassphraseSource(settings, environ))
+        return cls(settings, environ, paths, store,
+                   can_sign_in=settings.interactive and not background, **seams)
 
-    def read_token(self) -> TokenState:
-        return read_session_token(self.paths)
+    def in_background(self) -> "Session":
+        """The same session for a renewer that nobody watches: it never signs in."""
+        return dataclasses.replace(self, can_sign_in=False)
 
-    def ensure(self, min_validity: float = EXPIRY_MARGIN_SECONDS, force: str = "") -> TokenState:
-        """A session valid for min_validity more seconds; force is '', 'refresh' or 'sign-in'."""
-        if not force:
-            state = self.read_token()
-            if session_is_fresh(state, self.now(), min_validity) and self._profile_is_wired():
-                return state
-        if not (self.can_sign_in and self.settings.interactive) and \
-                not self.paths.refresh_token.exists():
-            # Nothing but a sign-in could help: do not wait for a lock held by someone else's.
-            raise SignInNeeded(sign_in_hint(self.settings))
-        lock_timeout = self.settings.login_timeout + LOCK_GRACE_SECONDS
-        with ProfileLock(self.paths.lock, lock_timeout, self.settings.profile):
-            state = self.read_token()
-            if not force and session_is_fresh(state, self.now(), min_validity):
-                self._wire_profile(state.token)
-                return state
-            if state.problem:
-                LOG.warning("%s; getting a new one", state.problem)
-            # An OCI config woci could not update must stop it before a refresh or a sign-in.
-            read_oci_config(self.settings.oci_config_file)
-            if force != "sign-in" and self._renew_with_refresh_token():
-                return self.read_token()
-            self._sign_in()
-            return self.read_token()
-
-    def _renew_with_refresh_token(self) -> bool:
-        """True when the stored refresh token gave a new session; False when sign-in is due."""
-        refresh_token = self.refresh_tokens.load()
-        if refresh_token is None:
-            LOG.info("no refresh token stored for profile %s", self.settings.profile)
-            return False
-        try:
-            try:
-                tokens = refresh_grant(self.settings, refresh_token)
-            except GrantRefused:
-                again = self.refresh_tokens.load()
-                if again is None or again == refresh_token:
-                    raise
-                LOG.info("the refresh token was rotated by another process; retrying with it")
-                tokens = refresh_grant(self.settings, again)
-                refresh_token = again
-        except GrantRefused:
-            LOG.warning("the provider refused the stored refresh token; a new sign-in is needed")
-            return False
-        if tokens.refresh_token and tokens.refresh_token != refresh_token:
-            self.refresh_tokens.save(tokens.refresh_token)
-        self._complete(tokens.access_token)
-        LOG.info("renewed the session of profile %s without a browser", self.settings.profile)
-        return True
-
-    def _sign_in(self) -> None:
-        if not self.can_sign_in or not self.settings.interactive:
-            raise SignInNeeded(sign_in_hint(self.settings))
-        if self.passphrase.configured:
-            # Ask before the browser opens: a sign-in must not be lost to a missing passphrase.
-            # Asked twice unless it already opened the old file: a typo would lock the user out.
-            self.passphrase.get(creating=True)
-        code, verifier = browser_sign_in(self.settings, self.open_browser)
-        tokens = redeem_code(self.settings, code, verifier)
-        if tokens.refresh_token:
-            self.refresh_tokens.save(tokens.refresh_token)
-        else:
-            LOG.warning("the provider issued no refresh token (was offline_access granted? "
-                        "some providers want prompt = consent); the next renewal will need "
-                        "the browser again")
-        self._complete(tokens.access_token)
-
-    def _complete(self, access_token: str) -> None:
-        """Exchange the access token and write key, token and profile, in that order."""
-        ensure_private_folder(self.paths.folder)
-        text, config = read_oci_config(self.settings.oci_config_file)
-        key_path = self._key_path(config)
-        key = load_private_key(key_path)
-        created = key is None
-        if created:
-            key = new_private_key()
-        upst = request_upst(self.settings, access_token, key)
-        iat = jwt_claims_unverified(upst).get("iat")
-        if isinstance(iat, (int, float)):
-            note = clock_skew_note(self.now() - iat, "OCI")
-            if note:
-                LOG.warning("the new session token was issued at a time that%s", note)
-        if created:
-            atomic_write(key_path, private_key_pem(key))
-        atomic_write(self.paths.public_key, public_key_pem(key))
-        atomic_write(self.paths.token, upst.encode("ascii"))
-        self._write_profile(text, config, key_path, upst)
-
-    def _key_path(self, config: configparser.ConfigParser) -> Path:
-        """The profile's own key_file when it lies in the session folder, else ours."""
-        section = self.settings.profile
-        if _profile_exists(config, section):
-            configured = config.get(section, "key_file", fallback=None)
-            if configured:
-                path = _expand(configured, self.environ)
-                if path.parent.resolve() == self.paths.folder.resolve():
-                    return path
-        return self.paths.key
-
-    def _profile_values(self, config: configparser.ConfigParser, key_path: Path,
-                        upst: str) -> Dict[str, str]:
-        values = {"key_file": str(key_path.absolute()),
-                  "security_token_file": str(self.paths.token.absolute())}
-        public_pem = read_file_if_present(self.paths.public_key)
-        if public_pem:
-            try:
-                values["fingerprint"] = md5_fingerprint(pem_body_der(public_pem))
-            except ValueError:
-                pass
-        tenant = jwt_claims_unverified(upst).get("tenant")
-        if isinstance(tenant, str) and tenant:
-            values["tenancy"] = tenant
-        profile = self.settings.profile
-        has_region = _profile_exists(config, profile) and bool(
-            config.get(profile, "region", fallback=None))
-        if self.settings.region:
-            values["region"] = self.settings.region
-        elif self.settings.cli_region and not has_region:
-            values["region"] = self.settings.cli_region
-        return values
-
-    def _write_profile(self, text: Optional[str], config: configparser.ConfigParser,
-                       key_path: Path, upst: str) -> None:
-        values = self._profile_values(config, key_path, upst)
-        write_oci_config(self.settings.oci_config_file, text,
-                         upsert_profile(text, self.settings.profile, values))
-
-    def _profile_is_wired(self) -> bool:
-        """True when the OCI profile already points at this session's token (cheap check)."""
-        try:
-            _, config = read_oci_config(self.settings.oci_config_file)
-        except WociError:
-            return False
-        section = self.settings.profile
-        if not _profile_exists(config, section):
-            return False
-        token_file = config.get(section, "security_token_file", fallback="")
-        return (bool(config.get(section, "key_file", fallback=""))
-                and _expand(token_file, self.environ) == self.paths.token.absolute())
-
-    def _wire_profile(self, token: Optional[str]) -> None:
-        """Point the profile at a session another process just made, if it does not yet."""
-        if token and not self._profile_is_wired():
-            text, config = read_oci_config(self.settings.oci_config_file)
-            self._write_profile(text, config, self._key_path(config), token)
+    @property
+    def passphrase(self) -> PassphraseSource:
+        return self.refresh_tokens.passphrase
 
 
 def sign_in_hint(settings: Settings) -> str:
     return (f"a browser sign-in is needed for OCI profile {settings.profile} and nobody can "
             f"answer it here; run `woci --profile {settings.profile} session authenticate` in a "
             "terminal with a browser, then try again")
+
+
+def _profile_points_here(session: Session) -> bool:
+    try:
+        _, config = read_oci_config(session.settings.oci_config_file)
+    except WociError:
+        return False
+    return profile_is_wired(config, session.settings.profile, session.paths, session.environ)
+
+
+def _point_profile_here(session: Session, token: Optional[str]) -> None:
+    """Point the profile at a session another woci just made, if it does not yet."""
+    if not token or _profile_points_here(session):
+        return
+    _, config = read_oci_config(session.settings.oci_config_file)
+    key_path = session_key_path(config, session.settings.profile, session.paths, session.environ)
+    update_oci_profile(session.settings, session.paths, session.environ, key_path, token,
+                       stored_key_fingerprint(session.paths))
+
+
+def _prepare_refresh_token_storage(session: Session) -> None:
+    """Obtain the passphrase before any grant: a refresh token is never spent when its
+    successor could not be stored. An encrypted token is never silently replaced by a
+    plain one."""
+    store = session.refresh_tokens
+    encrypted = store.holds_encrypted()
+    if store.passphrase.configured:
+        # Asked twice unless it opens an existing file: a typo would lock the user out.
+        store.passphrase.get(creating=not encrypted)
+    elif encrypted:
+        raise RefreshTokenError(
+            f"the refresh token {store.path} is encrypted and no passphrase is configured: "
+            "set refresh_token_passphrase_env or refresh_token_passphrase_prompt (or run "
+            f"`woci --profile {session.settings.profile} --logout` to start over unencrypted)")
+
+
+def _refresh_grant_or_none(settings: Settings, refresh_token: str) -> Optional[TokenResponse]:
+    try:
+        return refresh_grant(settings, refresh_token)
+    except GrantRefused:
+        return None
+
+
+def _refresh(session: Session) -> Optional[TokenResponse]:
+    """The refresh grant with the stored token, its successor saved at once (before the
+    exchange can fail); None when only a sign-in can help."""
+    store = session.refresh_tokens
+    presented = store.load()
+    if presented is None:
+        LOG.info("no refresh token stored for profile %s", session.settings.profile)
+        return None
+    tokens = _refresh_grant_or_none(session.settings, presented)
+    if tokens is None:
+        again = store.load()
+        if again is not None and again != presented:
+            LOG.info("the refresh token was rotated by another process; retrying with it")
+            presented, tokens = again, _refresh_grant_or_none(session.settings, again)
+    if tokens is None:
+        LOG.warning("the provider refused the stored refresh token; a new sign-in is needed")
+        return None
+    if tokens.refresh_token and tokens.refresh_token != presented:
+        store.save(tokens.refresh_token)
+    LOG.info("renewing the session of profile %s without a browser", session.settings.profile)
+    return tokens
+
+
+def _sign_in(session: Session) -> TokenResponse:
+    if not session.can_sign_in:
+        raise SignInNeeded(sign_in_hint(session.settings))
+    code, verifier = browser_sign_in(session.settings, session.open_browser)
+    tokens = redeem_code(session.settings, code, verifier)
+    if tokens.refresh_token:
+        session.refresh_tokens.save(tokens.refresh_token)
+    else:
+        LOG.warning("the provider issued no refresh token (was offline_access granted? "
+                    "some providers want prompt = consent); the next renewal will need "
+                    "the browser again")
+    return tokens
+
+
+def _complete(session: Session, config: configparser.ConfigParser, access_token: str) -> None:
+    """Exchange the access token and write key, token and profile, in that order."""
+    settings, paths = session.settings, session.paths
+    ensure_private_folder(paths.folder)
+    key_path = session_key_path(config, settings.profile, paths, session.environ)
+    key = load_private_key(key_path)
+    created = key is None
+    if created:
+        key = new_private_key()
+    upst = request_upst(settings, access_token, key, session.now)
+    iat = jwt_claims_unverified(upst).get("iat")
+    if isinstance(iat, (int, float)) and not isinstance(iat, bool):
+        note = clock_skew_note(session.now() - iat, "OCI")
+        if note:
+            LOG.warning("the new session token was issued at a time that%s", note)
+    if created:
+        atomic_write(key_path, private_key_pem(key))
+    atomic_write(paths.public_key, public_key_pem(key))
+    atomic_write(paths.token, upst.encode("ascii"))
+    update_oci_profile(settings, paths, session.environ, key_path, upst,
+                       md5_fingerprint(public_key_der(key)))
+
+
+def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS,
+                   renewal: Renewal = Renewal.IF_NEEDED) -> TokenState:
+    """A session valid for min_validity more seconds. The ladder:
+
+    1. The UPST is valid for longer than min_validity and the profile points at it: nothing
+       to do (no lock, no network; requests and cryptography are not imported).
+    2. Nobody can sign in and no refresh token is stored: SignInNeeded at once, without
+       waiting for a lock another woci may hold for its own sign-in.
+    3. Take the profile lock and look again: another woci may have renewed it meanwhile.
+    4. Make sure a new refresh token could be stored (the passphrase, if one is configured)
+       before any grant spends the old one.
+    5. A refresh token is stored: refresh grant (a refused token is re-read once: another
+       process may have rotated it), the rotated token saved at once.
+    6. Otherwise, or when the provider refused it: a browser sign-in, or SignInNeeded when
+       nobody can answer one.
+    7. Exchange the access token for a UPST, write key, token and profile.
+    """
+    settings, paths = session.settings, session.paths
+    if renewal is Renewal.IF_NEEDED:
+        state = read_session_token(paths)
+        if session_is_fresh(state, session.now(), min_validity) and _profile_points_here(session):
+            return state
+    if not session.can_sign_in and not paths.refresh_token.exists():
+        raise SignInNeeded(sign_in_hint(settings))
+    with ProfileLock(paths.lock, settings.login_timeout + LOCK_GRACE_SECONDS, settings.profile):
+        state = read_session_token(paths)
+        if renewal is Renewal.IF_NEEDED and session_is_fresh(state, session.now(), min_validity):
+            _point_profile_here(session, state.token)
+            return state
+        if state.problem:
+            LOG.warning("%s; getting a new one", state.problem)
+        # An OCI config woci could not update must stop it before a refresh or a sign-in.
+        _, config = read_oci_config(settings.oci_config_file)
+        _prepare_refresh_token_storage(session)
+        tokens = None if renewal is Renewal.SIGN_IN else _refresh(session)
+        if tokens is None:
+            tokens = _sign_in(session)
+        _complete(session, config, tokens.access_token)
+        return read_session_token(paths)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1756,41 +2005,53 @@ def renewal_lead(state: TokenState, safety_window: float) -> float:
 FATAL_IN_BACKGROUND = (SignInNeeded, RefreshTokenError, ConfigError)
 
 
+class RenewalRecord(NamedTuple):
+    """The outcome of the background's last renewal, as --daemon-status shows it."""
+
+    time: float
+    ok: bool
+    message: str
+
+
 class Renewer:
     """Renews a session before it expires; shared by the auto-refresh thread and the daemon.
 
     It reads the wall clock at every step instead of trusting how long it slept: a laptop
-    that was suspended wakes past the renewal time and renews at once.
+    that was suspended wakes past the renewal time and renews at once. It never signs in.
     """
 
-    def __init__(self, manager: "SessionManager", safety_window: float,
-                 now: Callable[[], float] = time.time):
-        self.manager = dataclasses.replace(manager, can_sign_in=False, now=now)
-        self.safety_window, self.now = safety_window, now
+    def __init__(self, session: Session, safety_window: float,
+                 ensure: Callable[..., TokenState] = ensure_session):
+        self.session = session.in_background()
+        self.safety_window, self.ensure = safety_window, ensure
+        self.now = session.now
         self.failures = 0
-        self.last: Optional[Dict[str, object]] = None   # time, ok, message of the last renewal
+        self.last: Optional[RenewalRecord] = None
+
+    def read_token(self) -> TokenState:
+        return read_session_token(self.session.paths)
 
     def step(self) -> float:
         """Renew if due; the seconds to wait before the next step. Raises FATAL_IN_BACKGROUND."""
-        state = self.manager.read_token()
+        state = self.read_token()
         lead = renewal_lead(state, self.safety_window)
         if state.expires_at is None or state.expires_at - self.now() <= lead:
             try:
-                state = self.manager.ensure(min_validity=lead)
+                state = self.ensure(self.session, min_validity=lead)
             except FATAL_IN_BACKGROUND:
                 raise
             except WociError as exc:
                 self.failures += 1
-                self.last = {"time": self.now(), "ok": False, "message": str(exc)}
+                self.last = RenewalRecord(self.now(), False, str(exc))
                 delay = min(BACKGROUND_RETRY_MAX_SECONDS,
                             BACKGROUND_RETRY_FIRST_SECONDS * 2 ** (self.failures - 1))
                 LOG.warning("renewal failed, retrying in %s: %s", format_duration(delay), exc)
                 return delay
             self.failures = 0
-            self.last = {"time": self.now(), "ok": True,
-                         "message": f"valid until {format_timestamp(state.expires_at or 0)}"}
-            LOG.info("session of profile %s valid until %s", self.manager.settings.profile,
-                     format_timestamp(state.expires_at or 0))
+            valid_until = format_timestamp(state.expires_at or 0)
+            self.last = RenewalRecord(self.now(), True, f"valid until {valid_until}")
+            LOG.info("session of profile %s valid until %s", self.session.settings.profile,
+                     valid_until)
         return max(0.0, min(self.next_due(state) - self.now(), BACKGROUND_MAX_SLEEP_SECONDS))
 
     def next_due(self, state: TokenState) -> float:
@@ -1817,60 +2078,9 @@ class AutoRefreshThread(threading.Thread):
             self.stopping.wait(wait)
 
     def stop(self) -> None:
+        """Let a renewal in flight finish: cut off, it could lose a rotated refresh token."""
         self.stopping.set()
-        self.join(timeout=HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1])
-
-
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-# Signals a terminal sends to its whole foreground process group: the child has them already.
-TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
-
-
-def _terminal_reaches_child() -> bool:
-    try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def run_child(argv: List[str], env: Mapping[str, str], refresher: Optional[AutoRefreshThread]
-              ) -> int:
-    """Run argv as a child with signals forwarded; its exit code (128+N if killed by N)."""
-    sys.stdout.flush()
-    try:
-        child = subprocess.Popen(argv, env=dict(env))
-    except FileNotFoundError as exc:
-        raise WociError(f"{argv[0]} not found on PATH", EXIT_OCI_NOT_FOUND) from exc
-    except OSError as exc:
-        raise WociError(f"cannot run {argv[0]}: {exc.strerror}") from exc
-
-    def forward(signum, _frame):
-        if signum in TERMINAL_SIGNALS and _terminal_reaches_child():
-            return
-        try:
-            child.send_signal(signum)
-        except ProcessLookupError:
-            pass
-
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
-    if refresher is not None:
-        refresher.start()
-    try:
-        code = child.wait()
-    finally:
-        if refresher is not None:
-            refresher.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return code if code >= 0 else 128 - code
-
-
-def child_environment(environ: Mapping[str, str], settings: Settings) -> Dict[str, str]:
-    env = dict(environ)
-    env.update({"OCI_CLI_PROFILE": settings.profile,
-                "OCI_CLI_CONFIG_FILE": str(settings.oci_config_file.absolute()),
-                "OCI_CLI_AUTH": "security_token"})
-    return env
+        self.join(timeout=RENEWAL_MAX_SECONDS)
 
 
 # --- the daemon -------------------------------------------------------------------------------
@@ -1918,29 +2128,125 @@ class PidFile:
             os.close(self.fd)
             self.fd = None
 
-    def holder(self) -> Optional[int]:
-        """The pid of the live daemon, or None (removing a stale file)."""
+    def _open(self) -> Optional[int]:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise DaemonError(f"cannot read the daemon's pid file {self.path}: "
-                              f"{_describe_os_error(exc)}") from exc
+                              f"{describe_os_error(exc)}") from exc
+
+    @staticmethod
+    def _held(fd: int) -> bool:
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                text = os.read(fd, 64).decode("ascii", "replace").strip()
-                return int(text) if text.isdigit() else -1
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        return False
+
+    def holder(self) -> Optional[int]:
+        """The pid of the live daemon, or None when none holds the file. Changes nothing."""
+        fd = self._open()
+        if fd is None:
+            return None
+        try:
+            if not self._held(fd):
+                return None
+            text = os.read(fd, 64).decode("ascii", "replace").strip()
+        finally:
+            os.close(fd)
+        if not (text.isascii() and text.isdigit() and int(text) > 0):
+            raise DaemonError(f"a process holds the daemon's pid file {self.path} but the file "
+                              "names no pid; find it with `fuser` and stop it by hand")
+        return int(text)
+
+    def remove_stale(self) -> bool:
+        """Remove the file if no live daemon holds it (a killed daemon's); True if removed."""
+        fd = self._open()
+        if fd is None:
+            return False
+        try:
+            if self._held(fd):
+                return False
             LOG.warning("removing a stale pid file %s (its daemon is gone)", self.path)
             try:
                 self.path.unlink()
             except FileNotFoundError:
-                pass
-            return None
+                return False
+            return True
         finally:
             os.close(fd)
+
+
+class DaemonState(NamedTuple):
+    """What the daemon tells --daemon-status through its state file: written and read here."""
+
+    pid: int
+    profile: str
+    expires_at: Optional[int]
+    next_check: Optional[float]
+    last: Optional[RenewalRecord]
+
+    def write(self, path: Path) -> None:
+        last = self.last._asdict() if self.last else None
+        document = {"pid": self.pid, "profile": self.profile, "expires_at": self.expires_at,
+                    "next_renewal": self.next_check, "last_renewal": last}
+        atomic_write(path, json.dumps(document).encode())
+
+    @classmethod
+    def read(cls, path: Path) -> Optional["DaemonState"]:
+        """The state, or None when the file is missing or holds anything unexpected."""
+        try:
+            document = json.loads(read_file_if_present(path) or b"null")
+        except (StorageError, ValueError):
+            return None
+        if not isinstance(document, dict):
+            return None
+
+        def number(value: object) -> Optional[float]:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            return value if ok else None  # type: ignore[return-value]
+
+        last = document.get("last_renewal")
+        record = None
+        if isinstance(last, dict) and number(last.get("time")) is not None:
+            record = RenewalRecord(number(last["time"]), last.get("ok") is True,
+                                   str(last.get("message") or ""))
+        expires_at = document.get("expires_at")
+        return cls(pid=document.get("pid") if isinstance(document.get("pid"), int) else 0,
+                   profile=str(document.get("profile") or ""),
+                   expires_at=expires_at if isinstance(number(expires_at), int) else None,
+                   next_check=number(document.get("next_renewal")), last=record)
+
+
+def write_daemon_state(paths: SessionPaths, renewer: Renewer, state: TokenState,
+                       next_at: float) -> None:
+    record = DaemonState(os.getpid(), renewer.session.settings.profile, state.expires_at,
+                         next_at, renewer.last)
+    try:
+        record.write(paths.daemon_state)
+    except StorageError as exc:
+        LOG.warning("%s", exc)
+
+
+# The steps of becoming a daemon, each its own: fork, setsid, fork, umask, chdir, stdio.
+
+def _fork() -> bool:
+    """True in the child."""
+    return os.fork() == 0
+
+
+def _start_new_session() -> None:
+    os.setsid()   # no controlling terminal: a closed terminal's SIGHUP never reaches it
+
+
+def _set_private_umask() -> None:
+    os.umask(0o077)
+
+
+def _leave_working_folder() -> None:
+    os.chdir("/")   # never keep a user's folder (or its mount) busy
 
 
 def _redirect_stdio(log_path: Path) -> None:
@@ -1964,17 +2270,6 @@ def rotate_log_if_big(log_path: Path) -> None:
     _redirect_stdio(log_path)
 
 
-def write_daemon_state(paths: SessionPaths, renewer: Renewer, state: TokenState,
-                       next_at: float) -> None:
-    document = {"pid": os.getpid(), "profile": renewer.manager.settings.profile,
-                "expires_at": state.expires_at, "next_renewal": next_at,
-                "last_renewal": renewer.last}
-    try:
-        atomic_write(paths.daemon_state, json.dumps(document).encode())
-    except StorageError as exc:
-        LOG.warning("%s", exc)
-
-
 def daemon_loop(renewer: Renewer, paths: SessionPaths, stopping: threading.Event) -> int:
     """Renew until stopped (exit 0) or until the refresh token is refused (exit 1)."""
     while not stopping.is_set():
@@ -1984,67 +2279,55 @@ def daemon_loop(renewer: Renewer, paths: SessionPaths, stopping: threading.Event
         except WociError as exc:
             LOG.error("daemon stopping: %s", exc)
             return EXIT_FAILURE
-        state = renewer.manager.read_token()
-        write_daemon_state(paths, renewer, state, renewer.now() + wait)
+        write_daemon_state(paths, renewer, renewer.read_token(), renewer.now() + wait)
         stopping.wait(wait)
     LOG.info("daemon stopped by a signal")
     return EXIT_OK
 
 
-def _daemon_child(renewer: Renewer, paths: SessionPaths, ready_fd: int) -> int:
+def _report_to_parent(ready_fd: int, message: str) -> None:
+    os.write(ready_fd, message.encode())
+    os.close(ready_fd)
+
+
+def _run_daemon(renewer: Renewer, paths: SessionPaths, ready_fd: int) -> int:
     """The detached grandchild: lock the pid file, tell the parent, renew until stopped."""
-    os.umask(0o077)
-    os.chdir("/")
-    _redirect_stdio(paths.daemon_log)
-    configure_logging(renewer.manager.settings.log_level if renewer.manager.settings.log_level
-                      == "DEBUG" else "INFO", daemon=True)
+    settings = renewer.session.settings
+    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "INFO", daemon=True)
     pid_file = PidFile(paths.pid)
     if not pid_file.acquire():
-        os.write(ready_fd, f"busy {pid_file.holder() or ''}".encode())
-        os.close(ready_fd)
+        try:
+            holder = pid_file.holder()
+        except DaemonError:
+            holder = None
+        _report_to_parent(ready_fd, f"busy {holder or ''}")
         return EXIT_FAILURE
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stopping.set())
-    os.write(ready_fd, f"ok {os.getpid()}".encode())
-    os.close(ready_fd)
-    LOG.info("daemon started for profile %s (pid %d)", renewer.manager.settings.profile,
-             os.getpid())
+    _report_to_parent(ready_fd, f"ok {os.getpid()}")
+    LOG.info("daemon started for profile %s (pid %d)", settings.profile, os.getpid())
     try:
         return daemon_loop(renewer, paths, stopping)
     finally:
         pid_file.release()
 
 
-def start_daemon(renewer: Renewer, paths: SessionPaths) -> int:
-    """Double fork; the parent returns the daemon's pid once its pid file is locked."""
-    read_fd, write_fd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    first = os.fork()
-    if first == 0:
-        os.close(read_fd)
-        os.setsid()
-        if os.fork() != 0:
-            os._exit(0)
-        code = EXIT_FAILURE
-        try:
-            code = _daemon_child(renewer, paths, write_fd)
-        except BaseException:  # the log is all a detached process has
-            LOG.exception("daemon crashed")
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    os.waitpid(first, 0)
-    answer = _read_with_deadline(read_fd, DAEMON_START_TIMEOUT_SECONDS)
-    os.close(read_fd)
-    word, _, pid = answer.partition(" ")
-    if word == "ok" and pid.isdigit():
-        return int(pid)
-    if word == "busy":
-        raise DaemonError(f"a woci daemon already runs for profile "
-                          f"{renewer.manager.settings.profile} (pid {pid or 'unknown'})")
-    raise DaemonError(f"the daemon did not start; see {paths.daemon_log}")
+def _become_daemon(renewer: Renewer, paths: SessionPaths, ready_fd: int) -> None:
+    """The first child: a new session, then a grandchild that can never regain a terminal."""
+    code = EXIT_FAILURE
+    try:
+        _start_new_session()
+        if not _fork():
+            os._exit(EXIT_OK)
+        _set_private_umask()
+        _leave_working_folder()
+        _redirect_stdio(paths.daemon_log)
+        code = _run_daemon(renewer, paths, ready_fd)
+    except BaseException:  # the log is all a detached process has
+        LOG.exception("daemon crashed")
+    finally:
+        os._exit(code)
 
 
 def _read_with_deadline(fd: int, timeout: float) -> str:
@@ -2061,31 +2344,49 @@ def _read_with_deadline(fd: int, timeout: float) -> str:
     return data.decode("ascii", "replace").strip()
 
 
+def start_daemon(renewer: Renewer, paths: SessionPaths) -> int:
+    """Double fork; the parent returns the daemon's pid once its pid file is locked."""
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    first_child = os.fork()
+    if first_child == 0:
+        os.close(read_fd)
+        _become_daemon(renewer, paths, write_fd)
+    os.close(write_fd)
+    os.waitpid(first_child, 0)
+    answer = _read_with_deadline(read_fd, DAEMON_START_TIMEOUT_SECONDS)
+    os.close(read_fd)
+    word, _, pid = answer.partition(" ")
+    if word == "ok" and pid.isdigit():
+        return int(pid)
+    if word == "busy":
+        raise DaemonError(f"a woci daemon already runs for profile "
+                          f"{renewer.session.settings.profile} (pid {pid or 'unknown'})")
+    raise DaemonError(f"the daemon did not start; see {paths.daemon_log}")
+
+
 def daemon_status_report(paths: SessionPaths, profile: str, now: float) -> Tuple[int, str]:
-    pid = PidFile(paths.pid).holder()
+    pid_file = PidFile(paths.pid)
+    stale = pid_file.remove_stale()
+    pid = pid_file.holder()
     if pid is None:
-        return EXIT_FAILURE, f"no woci daemon runs for profile {profile}\n"
+        note = " (removed the stale pid file of a daemon that died)" if stale else ""
+        return EXIT_FAILURE, f"no woci daemon runs for profile {profile}{note}\n"
     lines = [f"woci daemon for profile {profile}: running, pid {pid}"]
-    state: Dict[str, object] = {}
-    raw = read_file_if_present(paths.daemon_state)
-    if raw:
-        try:
-            state = json.loads(raw)
-        except ValueError:
-            state = {}
     token = read_session_token(paths)
     if token.expires_at is not None:
         lines.append(f"session token expires: {format_timestamp(token.expires_at)} "
                      f"(in {format_duration(token.expires_at - now)})")
-    last = state.get("last_renewal")
-    if isinstance(last, dict):
-        outcome = "ok" if last.get("ok") else f"failed: {last.get('message')}"
-        lines.append(f"last renewal: {format_timestamp(float(last.get('time') or 0))}, "
-                     f"{outcome}")
+    state = DaemonState.read(paths.daemon_state)
+    last = state.last if state else None
+    if last is not None:
+        outcome = "ok" if last.ok else f"failed: {last.message}"
+        lines.append(f"last renewal: {format_timestamp(last.time)}, {outcome}")
     else:
         lines.append("last renewal: none yet")
-    if isinstance(state.get("next_renewal"), (int, float)):
-        lines.append(f"next check: {format_timestamp(float(state['next_renewal']))}")
+    if state is not None and state.next_check is not None:
+        lines.append(f"next check: {format_timestamp(state.next_check)}")
     return EXIT_OK, "\n".join(lines) + "\n"
 
 
@@ -2103,35 +2404,51 @@ def _profile_lock_busy(path: Path) -> bool:
         os.close(fd)
 
 
+def _signal_daemon(pid: int, signum: int) -> bool:
+    """False when it is gone already (it may exit between the look-up and the signal)."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop_daemon(paths: SessionPaths, profile: str,
                 sleep: Callable[[float], None] = time.sleep) -> int:
     pid_file = PidFile(paths.pid)
     pid = pid_file.holder()
-    if pid is None or pid <= 0:
+    if pid is None:
+        pid_file.remove_stale()
         raise DaemonError(f"no woci daemon runs for profile {profile}", EXIT_FAILURE)
-    os.kill(pid, signal.SIGTERM)
+    if not _signal_daemon(pid, signal.SIGTERM):
+        return pid
+
+    def stopped() -> bool:
+        try:
+            return pid_file.holder() is None
+        except DaemonError:
+            return False
+
     deadline = time.monotonic() + DAEMON_STOP_TIMEOUT_SECONDS
     # A daemon in the middle of a renewal holds the profile lock: killing it then could lose
-    # a rotated refresh token, so it gets as long as its HTTP calls can take.
-    renewal_deadline = time.monotonic() + DAEMON_RENEWAL_STOP_TIMEOUT_SECONDS
+    # a rotated refresh token, so it gets as long as a renewal can take.
+    renewal_deadline = time.monotonic() + RENEWAL_MAX_SECONDS
     while time.monotonic() < deadline or (time.monotonic() < renewal_deadline
                                           and _profile_lock_busy(paths.lock)):
-        if PidFile(paths.pid).holder() is None:
+        if stopped():
             return pid
         sleep(0.1)
     LOG.warning("daemon %d did not stop within %s; killing it", pid,
                 format_duration(DAEMON_STOP_TIMEOUT_SECONDS))
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    _signal_daemon(pid, signal.SIGKILL)
     deadline = time.monotonic() + DAEMON_STOP_TIMEOUT_SECONDS
-    while time.monotonic() < deadline and PidFile(paths.pid).holder() is not None:
+    while time.monotonic() < deadline and not stopped():
         sleep(0.1)
     return pid
 
+
 # --------------------------------------------------------------------------------------------
-# 9. Running oci
+# 9. Running oci (or --exec's command)
 # --------------------------------------------------------------------------------------------
 
 
@@ -2148,17 +2465,86 @@ def build_oci_argv(oci_args: List[str], profile: str) -> List[str]:
     return argv + list(oci_args)
 
 
-def exec_oci(argv: List[str]) -> None:
+def child_environment(environ: Mapping[str, str], settings: Settings,
+                      point_at_session: bool = False) -> Dict[str, str]:
+    """The environment of oci or --exec's command: woci's environment without the secrets
+    woci was given through it, and for --exec the variables that point oci at the session."""
+    secret_variables = {spec.env for spec in SETTING_OPTIONS if spec.secret and spec.env}
+    if settings.refresh_token_passphrase_env:
+        secret_variables.add(settings.refresh_token_passphrase_env)
+    env = {name: value for name, value in environ.items() if name not in secret_variables}
+    if point_at_session:
+        env.update({"OCI_CLI_PROFILE": settings.profile,
+                    "OCI_CLI_CONFIG_FILE": str(settings.oci_config_file.absolute()),
+                    "OCI_CLI_AUTH": "security_token"})
+    return env
+
+
+def exec_oci(argv: List[str], env: Mapping[str, str]) -> None:
     """Replace this process with oci: its exit code and signals become the caller's directly."""
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvp(argv[0], argv)
+        os.execvpe(argv[0], argv, env)
     except FileNotFoundError as exc:
         raise WociError("oci not found on PATH; install the OCI CLI (pip install oci-cli)",
                         EXIT_OCI_NOT_FOUND) from exc
     except OSError as exc:
         raise WociError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# Signals a terminal sends to its whole foreground process group: the child has them already.
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+
+
+def _terminal_reaches_child() -> bool:
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def run_child(argv: List[str], env: Mapping[str, str], refresher: Optional[AutoRefreshThread]
+              ) -> int:
+    """Run argv as a child with signals forwarded; its exit code (128+N if killed by N)."""
+    sys.stdout.flush()
+    children: List[subprocess.Popen] = []
+    # Signals that arrive while the child is being started wait here for it.
+    early: List[int] = []
+
+    def forward(signum, _frame):
+        if signum in TERMINAL_SIGNALS and _terminal_reaches_child():
+            return
+        if not children:
+            early.append(signum)
+            return
+        try:
+            children[0].send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        try:
+            children.append(subprocess.Popen(argv, env=dict(env)))
+        except FileNotFoundError as exc:
+            raise WociError(f"{argv[0]} not found on PATH", EXIT_OCI_NOT_FOUND) from exc
+        except OSError as exc:
+            raise WociError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+        for signum in early:
+            forward(signum, None)
+        if refresher is not None:
+            refresher.start()
+        try:
+            code = children[0].wait()
+        finally:
+            if refresher is not None:
+                refresher.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code if code >= 0 else 128 - code
 
 
 # --------------------------------------------------------------------------------------------
@@ -2177,6 +2563,8 @@ Everything after woci's own options goes to oci unchanged; see `oci --help`.
 
 
 def help_text() -> str:
+    """The help, generated from the option table. argparse only formats it: woci splits its
+    own argv (split_command_line) because oci's options share names with woci's."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -2184,43 +2572,16 @@ def help_text() -> str:
         description="Keep an OCI session token (UPST) valid from your OpenID provider, then run "
                     "`oci --auth security_token` with your arguments.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
-    groups: Dict[str, object] = {}
+    groups: Dict[str, argparse._ArgumentGroup] = {}
     for spec in OPTIONS:
         group = groups.setdefault(spec.group, parser.add_argument_group(spec.group))
-        if spec.kind == "flag":
-            group.add_argument(spec.flag, action="store_true", help=spec.help)  # type: ignore
+        flags = [name for name in (spec.alias, spec.flag) if name]
+        if spec.kind in ("flag", "mode"):
+            group.add_argument(*flags, action="store_true", help=spec.help)
         else:
-            group.add_argument(spec.flag, metavar=spec.key.upper(), help=spec.help)  # type: ignore
-    oci = parser.add_argument_group("OCI options woci reads (and passes on to oci)")
-    oci.add_argument("--profile", help="The OCI profile. Default: env OCI_CLI_PROFILE, "
-                                       "else DEFAULT.")
-    oci.add_argument("--config-file", help="The OCI config file. Default: env "
-                                           "OCI_CLI_CONFIG_FILE, else ~/.oci/config.")
-    oci.add_argument("--region", help="Written to the profile only if it has no region yet.")
-    oci.add_argument("--auth", help="Default: security_token.")
-    modes = parser.add_argument_group("Modes")
-    modes.add_argument("--exec", metavar="-- CMD", help="Run CMD instead of oci, with "
-                       "OCI_CLI_PROFILE, OCI_CLI_CONFIG_FILE and OCI_CLI_AUTH=security_token set.")
-    modes.add_argument("--daemon", action="store_true", help="Keep the session fresh from a "
-                       "background process; print its pid.")
-    modes.add_argument("--daemon-status", action="store_true", help="Report the daemon; exit 1 "
-                       "if none runs.")
-    modes.add_argument("--stop-daemon", action="store_true", help="Stop the daemon.")
-    modes.add_argument("-h", "--help", action="store_true", help="Show this help.")
-    modes.add_argument("--version", action="store_true", help="Show woci's version.")
+            metavar = "-- CMD" if spec.kind == "exec" else spec.key.upper()
+            group.add_argument(*flags, metavar=metavar, help=spec.help)
     return parser.format_help()
-
-
-def configure_logging(level: str, daemon: bool = False) -> None:
-    fmt = "%(asctime)s woci[%(process)d]: %(levelname)s: %(message)s" if daemon else \
-        "woci: %(levelname)s: %(message)s"
-    for handler in list(LOG.handlers):
-        LOG.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    LOG.addHandler(handler)
-    LOG.propagate = False
-    LOG.setLevel(level)
 
 
 def load_settings(cmd: CommandLine, environ: Mapping[str, str]) -> Settings:
@@ -2230,56 +2591,67 @@ def load_settings(cmd: CommandLine, environ: Mapping[str, str]) -> Settings:
     settings = build_settings(cmd, environ, ini, path)
     configure_logging(settings.log_level)
     warn_if_secrets_exposed(path, ini)
+    for flag in cmd.secret_flags:
+        LOG.warning("%s on the command line is visible to every user of this machine (ps); "
+                    "put it in the manager INI (mode 0600) or env %s instead", flag,
+                    OPTIONS_BY_FLAG[flag].env)
     return settings
 
 
-def new_manager(settings: Settings, environ: Mapping[str, str]) -> SessionManager:
-    return SessionManager(settings, environ, PassphraseSource(settings, environ))
-
-
-def auto_refresher(manager: SessionManager) -> Optional[AutoRefreshThread]:
-    if not manager.settings.auto_refresh:
+def auto_refresher(session: Session) -> Optional[AutoRefreshThread]:
+    if not session.settings.auto_refresh:
         return None
-    if manager.passphrase.configured:
-        manager.passphrase.get()  # asked now: later the command owns the terminal
-    return AutoRefreshThread(Renewer(manager, manager.settings.refresh_safety_window))
+    if session.passphrase.configured:
+        session.passphrase.get()  # asked now: later the command owns the terminal
+    return AutoRefreshThread(Renewer(session, session.settings.refresh_safety_window))
+
+
+RENEWAL_FOR_ACTION = {OciAction.AUTHENTICATE: Renewal.SIGN_IN,
+                      OciAction.REFRESH: Renewal.REFRESH}
 
 
 def run_oci_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, str]) -> int:
-    manager = new_manager(settings, environ)
+    session = Session.open(settings, environ)
     action = oci_action(cmd.oci_args)
-    force = {"authenticate": "sign-in", "refresh": "refresh"}.get(action, "")
-    manager.ensure(force=force)
-    if action in ("none", "authenticate", "refresh"):
-        if action != "none":
+    state = ensure_session(session, renewal=RENEWAL_FOR_ACTION.get(action, Renewal.IF_NEEDED))
+    if action is not OciAction.RUN:
+        if action is not OciAction.NONE:
             print(f"woci: the session of profile {settings.profile} is valid until "
-                  f"{format_timestamp(manager.read_token().expires_at or 0)}", file=sys.stderr)
+                  f"{format_timestamp(state.expires_at or 0)}", file=sys.stderr)
         return EXIT_OK
     argv = build_oci_argv(cmd.oci_args, settings.profile)
-    refresher = auto_refresher(manager)
+    env = child_environment(environ, settings)
+    refresher = auto_refresher(session)
     if refresher is None:
-        exec_oci(argv)
-    return run_child(argv, environ, refresher)
+        exec_oci(argv, env)
+    return run_child(argv, env, refresher)
 
 
 def run_exec_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, str]) -> int:
-    manager = new_manager(settings, environ)
-    manager.ensure()
-    return run_child(list(cmd.exec_argv), child_environment(environ, settings),
-                     auto_refresher(manager))
+    session = Session.open(settings, environ)
+    ensure_session(session)
+    return run_child(list(cmd.exec_argv), child_environment(environ, settings, True),
+                     auto_refresher(session))
 
 
-def run_daemon_mode(settings: Settings, environ: Mapping[str, str]) -> int:
-    manager = new_manager(settings, environ)
-    paths = manager.paths
+def run_daemon_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, str]) -> int:
+    if cmd.secret_flags:
+        # The daemon is a fork of this process: its /proc/PID/cmdline would show the secret
+        # to every local user for as long as it runs.
+        raise ConfigError(f"{', '.join(cmd.secret_flags)} cannot be used with --daemon: the "
+                          "daemon would keep it visible in ps for its whole life; put it in "
+                          "the manager INI (mode 0600) or the environment (WOCI_CLIENT_SECRET, "
+                          "WOCI_AUTH_CLIENT_SECRET)")
+    session = Session.open(settings, environ)
+    paths = session.paths
     running = PidFile(paths.pid).holder() if paths.folder.is_dir() else None
     if running is not None:
         raise DaemonError(f"a woci daemon already runs for profile {settings.profile} "
                           f"(pid {running})")
-    manager.ensure()
-    if manager.passphrase.configured:
-        manager.passphrase.get()  # asked here, kept in the daemon's memory only
-    pid = start_daemon(Renewer(manager, settings.refresh_safety_window), paths)
+    ensure_session(session)
+    if session.passphrase.configured:
+        session.passphrase.get()  # asked here, kept in the daemon's memory only
+    pid = start_daemon(Renewer(session, settings.refresh_safety_window), paths)
     print(pid)
     print(f"woci: daemon for profile {settings.profile} started (pid {pid}); log: "
           f"{paths.daemon_log}", file=sys.stderr)
@@ -2290,7 +2662,7 @@ def run_daemon_control(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     """--daemon-status and --stop-daemon need only the profile, not the provider settings."""
     profile = resolve_profile(cmd, environ)
     paths = SessionPaths.for_profile(profile, environ)
-    if cmd.mode == "daemon_status":
+    if cmd.mode is Mode.DAEMON_STATUS:
         code, report = daemon_status_report(paths, profile, time.time())
         sys.stdout.write(report)
         return code
@@ -2299,26 +2671,30 @@ def run_daemon_control(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
+def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    if cmd.mode is Mode.HELP:
+        sys.stdout.write(help_text())
+        return EXIT_OK
+    if cmd.mode is Mode.VERSION:
+        print(f"woci {__version__}")
+        return EXIT_OK
+    if cmd.mode in (Mode.DAEMON_STATUS, Mode.STOP_DAEMON):
+        return run_daemon_control(cmd, environ)
+    settings = load_settings(cmd, environ)
+    if cmd.mode is Mode.EXEC:
+        return run_exec_mode(cmd, settings, environ)
+    if cmd.mode is Mode.DAEMON:
+        return run_daemon_mode(cmd, settings, environ)
+    return run_oci_mode(cmd, settings, environ)
+
+
 def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:
+    """woci's whole run; the one place a WociError becomes an exit code."""
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
     configure_logging(DEFAULT_LOG_LEVEL)
     try:
-        cmd = split_command_line(argv)
-        if cmd.mode == "help":
-            sys.stdout.write(help_text())
-            return EXIT_OK
-        if cmd.mode == "version":
-            print(f"woci {__version__}")
-            return EXIT_OK
-        if cmd.mode in ("daemon_status", "stop_daemon"):
-            return run_daemon_control(cmd, environ)
-        settings = load_settings(cmd, environ)
-        if cmd.mode == "exec":
-            return run_exec_mode(cmd, settings, environ)
-        if cmd.mode == "daemon":
-            return run_daemon_mode(settings, environ)
-        return run_oci_mode(cmd, settings, environ)
+        return run(split_command_line(argv), environ)
     except WociError as exc:
         LOG.debug("failure details", exc_info=True)
         print(f"woci: error: {exc}", file=sys.stderr)

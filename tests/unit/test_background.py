@@ -3,6 +3,7 @@
 import base64
 import json
 import multiprocessing
+import tempfile
 import threading
 from pathlib import Path
 
@@ -27,27 +28,24 @@ def settings(**overrides):
     return woci.Settings(**values)
 
 
-class ScriptedManager(woci.SessionManager):
-    """A SessionManager whose renewals follow a script instead of the network.
+class ScriptedRenewals:
+    """Stands in for ensure_session: renewals follow a script instead of the network.
 
-    Only scheduling is under test here; the real ensure() is covered in test_session.py and
-    end to end.
+    Only scheduling is under test here; the real ensure_session() is covered in
+    test_session.py and end to end.
     """
 
-    script: list = None
-    calls: list = None
-    token: str = ""
+    def __init__(self, script):
+        self.script, self.calls = script, []
 
-    def read_token(self):
-        return woci.TokenState(self.token, woci.jwt_expiry(self.token), None)
-
-    def ensure(self, min_validity=woci.EXPIRY_MARGIN_SECONDS, force=""):
+    def __call__(self, session, min_validity=woci.EXPIRY_MARGIN_SECONDS,
+                 renewal=woci.Renewal.IF_NEEDED):
         self.calls.append(min_validity)
         outcome = self.script.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
-        type(self).token = outcome
-        return self.read_token()
+        session.paths.token.write_text(outcome)
+        return woci.read_session_token(session.paths)
 
 
 @pytest.fixture
@@ -61,11 +59,12 @@ def clock():
     return Clock()
 
 
-def renewer(clock, token, script, window=600, tmp_path=Path("/tmp")):
-    ScriptedManager.token, ScriptedManager.script, ScriptedManager.calls = token, script, []
-    manager = ScriptedManager(settings(), {"HOME": str(tmp_path)},
-                              woci.PassphraseSource(settings(), {}))
-    return woci.Renewer(manager, window, now=clock)
+def renewer(clock, token, script, window=600, tmp_path=None):
+    home = tmp_path or Path(tempfile.mkdtemp(prefix="woci-unit-"))
+    session = woci.Session.open(settings(), {"HOME": str(home)}, now=clock)
+    session.paths.folder.mkdir(parents=True, exist_ok=True)
+    session.paths.token.write_text(token)
+    return woci.Renewer(session, window, ensure=ScriptedRenewals(script))
 
 
 def test_renewal_lead_is_the_window_for_long_tokens_and_a_third_for_short_ones():
@@ -82,7 +81,7 @@ def test_fresh_session_is_not_renewed_and_the_wait_is_at_most_a_minute(clock):
 
     wait = r.step()
 
-    assert ScriptedManager.calls == []
+    assert r.ensure.calls == []
     assert wait == woci.BACKGROUND_MAX_SLEEP_SECONDS
 
 
@@ -95,8 +94,8 @@ def test_wall_clock_jump_past_the_due_time_renews_at_once(clock):
     clock.t += 3100   # the machine slept through the renewal time
 
     wait = r.step()
-    assert ScriptedManager.calls == [600]
-    assert r.last["ok"] is True
+    assert r.ensure.calls == [600]
+    assert r.last.ok is True
     assert wait == 60
 
 
@@ -116,9 +115,9 @@ def test_transient_failures_back_off_and_are_recorded(clock):
                 [failure, failure, failure, make_token(now, now + 3600)])
 
     assert [r.step(), r.step(), r.step()] == [5, 10, 20]
-    assert r.last["ok"] is False and "failed 4 times" in r.last["message"]
+    assert r.last.ok is False and "failed 4 times" in r.last.message
     r.step()
-    assert r.last["ok"] is True and r.failures == 0
+    assert r.last.ok is True and r.failures == 0
 
 
 @pytest.mark.parametrize("fatal", [woci.SignInNeeded("sign in"),
@@ -137,8 +136,8 @@ def test_the_background_never_signs_in(clock):
     now = int(clock())
     r = renewer(clock, make_token(now, now + 3600), [])
 
-    assert r.manager.can_sign_in is False
-    assert r.manager.settings.interactive is True
+    assert r.session.can_sign_in is False
+    assert r.session.settings.interactive is True
 
 
 def test_daemon_loop_exits_1_on_a_fatal_failure_and_0_when_stopped(clock, tmp_path):
@@ -163,7 +162,7 @@ def test_daemon_state_file_records_the_last_renewal(clock, tmp_path):
                 tmp_path=tmp_path)
     wait = r.step()
 
-    woci.write_daemon_state(paths, r, r.manager.read_token(), clock() + wait)
+    woci.write_daemon_state(paths, r, r.read_token(), clock() + wait)
 
     state = json.loads(paths.daemon_state.read_text())
     assert state["last_renewal"]["ok"] is True
@@ -195,4 +194,5 @@ def test_pid_file_lock_tells_a_live_daemon_from_a_stale_file(tmp_path):
     path.write_text(f"{holder.pid}\n")   # what a SIGKILLed daemon leaves behind
 
     assert woci.PidFile(path).holder() is None
+    assert woci.PidFile(path).remove_stale() is True
     assert not path.exists()

@@ -4,6 +4,8 @@ import base64
 import json
 import logging
 
+import time
+
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -90,7 +92,7 @@ def test_upst_jwk_as_an_object_is_accepted(oci, key):
 
 def test_unreadable_jwk_is_an_exchange_error(oci, key):
     """A jwk claim that is no RSA key: ExchangeError, not a traceback."""
-    oci.exchange_answer = json_answer(200, {"token": unsigned_jwt({"exp": 2_000_000_000,
+    oci.exchange_answer = json_answer(200, {"token": unsigned_jwt({"exp": int(time.time()) + 3600,
                                                                    "jwk": {"kty": "oops"}})})
     with pytest.raises(woci.ExchangeError, match="jwk claim is unreadable"):
         woci.request_upst(oci.settings(), "at", key)

@@ -33,10 +33,9 @@ def test_build_oci_argv_keeps_the_users_arguments_in_order():
     assert woci.build_oci_argv(args, "dev")[5:] == args
 
 
-def test_exec_oci_missing_binary_is_exit_127(tmp_path, monkeypatch):
+def test_exec_oci_missing_binary_is_exit_127(tmp_path):
     """No such program on PATH: WociError with exit code 127, saying how to install oci."""
-    monkeypatch.setenv("PATH", str(tmp_path))  # execvp reads the process PATH; no other seam
     with pytest.raises(woci.WociError) as info:
-        woci.exec_oci(["woci-test-no-such-program", "--version"])
+        woci.exec_oci(["woci-test-no-such-program", "--version"], {"PATH": str(tmp_path)})
     assert info.value.exit_code == 127
     assert "not found on PATH" in str(info.value)

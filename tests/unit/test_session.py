@@ -1,4 +1,4 @@
-"""Section 7: SessionManager.ensure() against one local fake playing the provider's token
+"""Section 7: ensure_session() against one local fake playing the provider's token
 endpoint, OCI's token exchange and (through open_browser) the user at the browser."""
 
 import base64
@@ -34,7 +34,7 @@ class Browsers:
         return self.fake.browse(url) if self.fake else True
 
 
-def make_manager(fake, home, can_sign_in=True, environ=None, browser=None, **overrides):
+def make_session(fake, home, can_sign_in=True, environ=None, browser=None, **overrides):
     environ = {"HOME": str(home), **(environ or {})}
     values = {"oci_config_file": home / ".oci" / "config", "redirect_port": free_port(),
                   "login_timeout": 5}
@@ -42,51 +42,51 @@ def make_manager(fake, home, can_sign_in=True, environ=None, browser=None, **ove
     settings = fake.settings(**values)
     passphrase = woci.PassphraseSource(settings, environ, ask=lambda _: pytest.fail("asked"),
                                        stdin_is_tty=lambda: False)
-    manager = woci.SessionManager(settings, environ, passphrase, can_sign_in=can_sign_in,
-                                  open_browser=browser if browser is not None else Browsers(fake))
-    manager.paths.folder.mkdir(parents=True, exist_ok=True)
-    return manager
+    session = woci.Session.open(settings, environ, passphrase, background=not can_sign_in,
+                                open_browser=browser if browser is not None else Browsers(fake))
+    woci.ensure_private_folder(session.paths.folder)   # as woci makes it: 0700
+    return session
 
 
 def mode_of(path):
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def config_of(manager):
+def config_of(session):
     parser = configparser.ConfigParser(interpolation=None)
-    parser.read(manager.settings.oci_config_file)
+    parser.read(session.settings.oci_config_file)
     return parser
 
 
-def write_config(manager, text):
-    path = manager.settings.oci_config_file
+def write_config(session, text):
+    path = session.settings.oci_config_file
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
 
 
-def seed_expired_session(manager, fake, refresh_token="rt-0", with_key=True):
+def seed_expired_session(session, fake, refresh_token="rt-0", with_key=True):
     """An expired UPST, a session key and a refresh token the provider accepts."""
-    manager.paths.token.write_text(unsigned_jwt({"exp": int(time.time()) - 10}))
+    session.paths.token.write_text(unsigned_jwt({"exp": int(time.time()) - 10}))
     if with_key:
-        woci.atomic_write(manager.paths.key, woci.private_key_pem(woci.new_private_key()))
-    manager.paths.refresh_token.write_text(refresh_token)
+        woci.atomic_write(session.paths.key, woci.private_key_pem(woci.new_private_key()))
+    session.paths.refresh_token.write_text(refresh_token)
     fake.valid_refresh_tokens.add(refresh_token)
 
 
-def wired_config(manager):
-    return (f"[{manager.settings.profile}]\nkey_file={manager.paths.key}\n"
-            f"security_token_file={manager.paths.token}\n")
+def wired_config(session):
+    return (f"[{session.settings.profile}]\nkey_file={session.paths.key}\n"
+            f"security_token_file={session.paths.token}\n")
 
 
 def test_fresh_session_makes_no_request_and_takes_no_lock(fake, tmp_path):
     """A UPST valid for an hour and a wired profile: nothing is sent, nothing is written."""
-    m = make_manager(fake, tmp_path)
+    m = make_session(fake, tmp_path)
     token = unsigned_jwt({"exp": int(time.time()) + 3600})
     m.paths.token.write_text(token)
     config = write_config(m, wired_config(m))
     before = config.read_bytes()
-    state = m.ensure()
+    state = woci.ensure_session(m)
     assert state.token == token
     assert fake.requests == []
     assert config.read_bytes() == before
@@ -95,11 +95,11 @@ def test_fresh_session_makes_no_request_and_takes_no_lock(fake, tmp_path):
 
 def test_expired_session_is_refreshed_with_one_grant_and_one_exchange(fake, tmp_path):
     """Exactly one refresh grant and one exchange; rotated token saved; files and profile right."""
-    m = make_manager(fake, tmp_path)
+    m = make_session(fake, tmp_path)
     seed_expired_session(m, fake)
     key_before = m.paths.key.read_bytes()
     config = write_config(m, "# mine\n[other]\nregion = eu-1\n")
-    state = m.ensure()
+    state = woci.ensure_session(m)
 
     assert len(fake.grants("refresh_token")) == 1
     assert fake.grants("refresh_token")[0].form["refresh_token"] == "rt-0"
@@ -132,9 +132,9 @@ def test_expired_session_is_refreshed_with_one_grant_and_one_exchange(fake, tmp_
 
 def test_new_key_is_made_when_there_is_none(fake, tmp_path):
     """No key yet: a new one is written, and it is the one the UPST is bound to."""
-    m = make_manager(fake, tmp_path)
+    m = make_session(fake, tmp_path)
     seed_expired_session(m, fake, with_key=False)
-    m.ensure()
+    woci.ensure_session(m)
     key = serialization.load_pem_private_key(m.paths.key.read_bytes(), None)
     assert woci.pem_body_der(m.paths.public_key.read_bytes()) == woci.public_key_der(key)
     assert base64.b64decode(fake.exchanges[0].form["public_key"]) == woci.public_key_der(key)
@@ -149,10 +149,10 @@ def test_new_key_is_made_when_there_is_none(fake, tmp_path):
 ], ids=["ini-always", "ini-beats-cli", "cli-not-over-existing", "cli-fills-missing", "none"])
 def test_region_rules(fake, tmp_path, profile_text, ini_region, cli_region, expected):
     """INI region is always written; --region only when the profile has no region yet."""
-    m = make_manager(fake, tmp_path, region=ini_region, cli_region=cli_region)
+    m = make_session(fake, tmp_path, region=ini_region, cli_region=cli_region)
     seed_expired_session(m, fake)
     write_config(m, "[p]\n" + profile_text)
-    m.ensure()
+    woci.ensure_session(m)
     profile = config_of(m)["p"]
     assert profile.get("region") == expected
     assert profile["user"] == "u"
@@ -161,12 +161,12 @@ def test_region_rules(fake, tmp_path, profile_text, ini_region, cli_region, expe
 def test_refused_refresh_token_without_sign_in_leaves_it_alone(fake, tmp_path):
     """invalid_grant and nobody to sign in: SignInNeeded saying what to run; the file unchanged."""
     browsers = Browsers()
-    m = make_manager(fake, tmp_path, can_sign_in=False, browser=browsers)
+    m = make_session(fake, tmp_path, can_sign_in=False, browser=browsers)
     seed_expired_session(m, fake)
     fake.valid_refresh_tokens.clear()
     before = m.paths.refresh_token.read_bytes()
     with pytest.raises(woci.SignInNeeded) as info:
-        m.ensure()
+        woci.ensure_session(m)
     assert "woci --profile p session authenticate" in str(info.value)
     assert info.value.exit_code == 1
     assert m.paths.refresh_token.read_bytes() == before
@@ -176,15 +176,15 @@ def test_refused_refresh_token_without_sign_in_leaves_it_alone(fake, tmp_path):
 def test_non_interactive_settings_never_open_a_browser(fake, tmp_path):
     """interactive = false with no refresh token: SignInNeeded, no browser."""
     browsers = Browsers(fake)
-    m = make_manager(fake, tmp_path, interactive=False, browser=browsers)
+    m = make_session(fake, tmp_path, interactive=False, browser=browsers)
     with pytest.raises(woci.SignInNeeded):
-        m.ensure()
+        woci.ensure_session(m)
     assert browsers.urls == [] and fake.requests == []
 
 
 def test_refresh_token_rotated_meanwhile_is_retried(fake, tmp_path):
     """Refused, but another process stored a new one meanwhile: retry with it, no sign-in."""
-    m = make_manager(fake, tmp_path, can_sign_in=False)
+    m = make_session(fake, tmp_path, can_sign_in=False)
     seed_expired_session(m, fake, refresh_token="rt-old")
     fake.valid_refresh_tokens = {"rt-new"}
 
@@ -193,7 +193,7 @@ def test_refresh_token_rotated_meanwhile_is_retried(fake, tmp_path):
             woci.atomic_write(m.paths.refresh_token, b"rt-new")
 
     fake.on_refresh = other_process_rotates
-    m.ensure()
+    woci.ensure_session(m)
     assert [r.form["refresh_token"] for r in fake.grants("refresh_token")] == ["rt-old", "rt-new"]
     assert len(fake.exchanges) == 1
     assert m.paths.refresh_token.read_text() in fake.valid_refresh_tokens
@@ -202,14 +202,14 @@ def test_refresh_token_rotated_meanwhile_is_retried(fake, tmp_path):
 def test_exchange_failure_after_refresh_keeps_the_rotated_token(fake, tmp_path):
     """Exchange refused after a good refresh: the rotated refresh token is already saved; the
     old UPST, key and config are untouched."""
-    m = make_manager(fake, tmp_path)
+    m = make_session(fake, tmp_path)
     seed_expired_session(m, fake)
     config = write_config(m, "[p]\nuser=u\n")
     old = {p: p.read_bytes() for p in (m.paths.token, m.paths.key, config)}
     fake.exchange_answer = json_answer(400, {"error": "invalid_request",
                                              "error_description": "subject token rejected"})
     with pytest.raises(woci.ExchangeError, match="subject token rejected"):
-        m.ensure()
+        woci.ensure_session(m)
     rotated = m.paths.refresh_token.read_text()
     assert rotated != "rt-0" and rotated in fake.valid_refresh_tokens
     for path, content in old.items():
@@ -219,11 +219,11 @@ def test_exchange_failure_after_refresh_keeps_the_rotated_token(fake, tmp_path):
 
 def test_corrupted_token_file_is_warned_about_and_renewed(fake, tmp_path, caplog):
     """Garbage in the token file: a warning naming it, then a silent renewal."""
-    m = make_manager(fake, tmp_path)
+    m = make_session(fake, tmp_path)
     seed_expired_session(m, fake)
     m.paths.token.write_bytes(b"\x00\xffgarbage")
     with caplog.at_level(logging.WARNING, logger="woci"):
-        state = m.ensure()
+        state = woci.ensure_session(m)
     assert str(m.paths.token) in caplog.text and "unusable" in caplog.text
     assert state.token == fake.upsts[0]
     assert m.paths.token.read_text() == fake.upsts[0]
@@ -232,8 +232,8 @@ def test_corrupted_token_file_is_warned_about_and_renewed(fake, tmp_path, caplog
 def test_browser_sign_in_when_no_refresh_token(fake, tmp_path):
     """No refresh token: one browser sign-in with PKCE, then the exchange; tokens saved."""
     browsers = Browsers(fake)
-    m = make_manager(fake, tmp_path, browser=browsers)
-    state = m.ensure()
+    m = make_session(fake, tmp_path, browser=browsers)
+    state = woci.ensure_session(m)
     assert len(browsers.urls) == 1
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(browsers.urls[0]).query))
     (code_grant,) = fake.grants("authorization_code")
@@ -248,10 +248,10 @@ def test_browser_sign_in_when_no_refresh_token(fake, tmp_path):
 def test_refused_refresh_token_falls_back_to_the_browser(fake, tmp_path):
     """invalid_grant with someone at the keyboard: the browser opens once."""
     browsers = Browsers(fake)
-    m = make_manager(fake, tmp_path, browser=browsers)
+    m = make_session(fake, tmp_path, browser=browsers)
     seed_expired_session(m, fake)
     fake.valid_refresh_tokens.clear()
-    m.ensure()
+    woci.ensure_session(m)
     assert len(browsers.urls) == 1
     assert m.paths.refresh_token.read_text() in fake.valid_refresh_tokens
 
@@ -259,32 +259,32 @@ def test_refused_refresh_token_falls_back_to_the_browser(fake, tmp_path):
 def test_force_sign_in_opens_the_browser_even_when_fresh(fake, tmp_path):
     """`session authenticate`: a browser sign-in even with a valid session and refresh token."""
     browsers = Browsers(fake)
-    m = make_manager(fake, tmp_path, browser=browsers)
+    m = make_session(fake, tmp_path, browser=browsers)
     seed_expired_session(m, fake)
     m.paths.token.write_text(unsigned_jwt({"exp": int(time.time()) + 3600}))
-    m.ensure(force="sign-in")
+    woci.ensure_session(m, renewal=woci.Renewal.SIGN_IN)
     assert len(browsers.urls) == 1 and fake.grants("refresh_token") == []
 
 
 def test_force_refresh_refreshes_even_when_fresh(fake, tmp_path):
     """`session refresh`: a refresh grant and exchange even with a valid session."""
-    m = make_manager(fake, tmp_path)
+    m = make_session(fake, tmp_path)
     seed_expired_session(m, fake)
     m.paths.token.write_text(unsigned_jwt({"exp": int(time.time()) + 3600}))
     write_config(m, wired_config(m))
-    m.ensure(force="refresh")
+    woci.ensure_session(m, renewal=woci.Renewal.REFRESH)
     assert len(fake.grants("refresh_token")) == 1 and len(fake.exchanges) == 1
 
 
 def test_fresh_session_with_unwired_profile_is_wired_without_network(fake, tmp_path):
     """Another process made the session but the profile lacks it: written, nothing sent."""
-    m = make_manager(fake, tmp_path)
+    m = make_session(fake, tmp_path)
     key = woci.new_private_key()
     m.paths.key.write_bytes(woci.private_key_pem(key))
     m.paths.public_key.write_bytes(woci.public_key_pem(key))
     m.paths.token.write_text(fake.mint_upst(woci.public_key_der(key)))
     write_config(m, "[p]\nuser=u\n")
-    m.ensure()
+    woci.ensure_session(m)
     assert fake.requests == []
     profile = config_of(m)["p"]
     assert profile["security_token_file"] == str(m.paths.token)
@@ -294,11 +294,11 @@ def test_fresh_session_with_unwired_profile_is_wired_without_network(fake, tmp_p
 
 def test_invalid_oci_config_stops_before_any_request(fake, tmp_path):
     """An OCI config woci could not update: exit 2 before refreshing; nothing changed."""
-    m = make_manager(fake, tmp_path)
+    m = make_session(fake, tmp_path)
     seed_expired_session(m, fake)
     config = write_config(m, "not ini at all\n")
     with pytest.raises(woci.ConfigError):
-        m.ensure()
+        woci.ensure_session(m)
     assert fake.requests == []
     assert config.read_text() == "not ini at all\n"
     assert m.paths.refresh_token.read_text() == "rt-0"
@@ -306,13 +306,13 @@ def test_invalid_oci_config_stops_before_any_request(fake, tmp_path):
 
 def test_key_file_configured_in_the_session_folder_is_used(fake, tmp_path):
     """The profile's own key_file inside the session folder is the key sent and kept."""
-    m = make_manager(fake, tmp_path)
+    m = make_session(fake, tmp_path)
     seed_expired_session(m, fake, with_key=False)
     own = m.paths.folder / "my_key.pem"
     key = woci.new_private_key()
     own.write_bytes(woci.private_key_pem(key))
     write_config(m, f"[p]\nkey_file={own}\n")
-    m.ensure()
+    woci.ensure_session(m)
     assert base64.b64decode(fake.exchanges[0].form["public_key"]) == woci.public_key_der(key)
     assert config_of(m)["p"]["key_file"] == str(own)
     assert not m.paths.key.exists()
@@ -320,19 +320,19 @@ def test_key_file_configured_in_the_session_folder_is_used(fake, tmp_path):
 
 def test_provider_without_rotation_keeps_the_stored_token(fake, tmp_path):
     """No new refresh token in the answer: the stored one stays as it was."""
-    m = make_manager(fake, tmp_path)
+    m = make_session(fake, tmp_path)
     seed_expired_session(m, fake)
     fake.rotate = False
-    m.ensure()
+    woci.ensure_session(m)
     assert m.paths.refresh_token.read_text() == "rt-0"
 
 
 def test_encrypted_refresh_token_is_rotated_encrypted(fake, tmp_path):
     """With a passphrase: the rotated token is stored encrypted and opens with it."""
-    m = make_manager(fake, tmp_path, environ={"PW": "pass"}, refresh_token_passphrase_env="PW")
+    m = make_session(fake, tmp_path, environ={"PW": "pass"}, refresh_token_passphrase_env="PW")
     seed_expired_session(m, fake)
     m.paths.refresh_token.write_bytes(woci.encrypt_refresh_token("rt-0", "pass", 200_000))
-    m.ensure()
+    woci.ensure_session(m)
     raw = m.paths.refresh_token.read_bytes()
     assert raw.startswith(b"{")
     rotated = woci.decrypt_refresh_token(raw, "pass", m.paths.refresh_token)

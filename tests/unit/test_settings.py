@@ -35,7 +35,7 @@ def test_woci_options_before_the_command_are_consumed():
     cmd = split(["--scope", "openid", "--redirect-port=9000", "--auto-refresh", "os", "ns", "get"])
     assert cmd.woci == {"scope": "openid", "redirect_port": "9000", "auto_refresh": True}
     assert cmd.oci_args == ["os", "ns", "get"]
-    assert cmd.mode == "run"
+    assert cmd.mode is woci.Mode.RUN
 
 
 def test_value_of_an_option_may_look_like_an_option():
@@ -100,7 +100,7 @@ def test_oci_option_before_woci_option_does_not_end_woci_options():
 def test_exec_takes_the_rest_as_the_command():
     """`--exec -- CMD ARGS` runs CMD with its own options, which woci does not read."""
     cmd = split(["--auto-refresh", "--exec", "--", "./job.sh", "--scope", "x", "--profile", "q"])
-    assert cmd.mode == "exec"
+    assert cmd.mode is woci.Mode.EXEC
     assert cmd.exec_argv == ("./job.sh", "--scope", "x", "--profile", "q")
     assert cmd.woci == {"auto_refresh": True}
     assert split(["--exec", "make", "all"]).exec_argv == ("make", "all")
@@ -130,7 +130,7 @@ def test_bad_command_lines_are_usage_errors(argv, fragment):
     (["--stop-daemon"], "stop_daemon")])
 def test_mode_flags(argv, mode):
     """Each mode flag selects its mode."""
-    assert split(argv).mode == mode
+    assert split(argv).mode is woci.Mode[mode.upper()]
 
 
 @given(st.lists(st.sampled_from(["os", "ns", "get", "--status", "RUNNING", "--scope", "x",
@@ -160,14 +160,14 @@ def test_arguments_from_an_oci_command_on_reach_oci_unchanged(rest):
 ])
 def test_oci_action_reads_session_subcommands(oci_args, action):
     """session authenticate/refresh are woci's; other commands run oci; nothing means none."""
-    assert woci.oci_action(oci_args) == action
+    assert woci.oci_action(oci_args) is woci.OciAction[action.upper()]
 
 
 @pytest.mark.parametrize("oci_args", [["--profile", "dev"], ["--profile=dev"],
                                       ["--region", "r", "--profile", "dev"]])
 def test_only_oci_options_is_no_command(oci_args):
     """`woci --profile dev` is documented as "make sure the session is valid, run nothing"."""
-    assert woci.oci_action(oci_args) == "none"
+    assert woci.oci_action(oci_args) is woci.OciAction.NONE
 
 
 # --- build_settings ------------------------------------------------------------------------------

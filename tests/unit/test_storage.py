@@ -68,8 +68,8 @@ def test_atomic_write_into_a_missing_folder_is_a_storage_error(tmp_path):
     assert "missing/token" in str(info.value) and info.value.exit_code == 1
 
 
-def test_private_folder_is_created_0700_and_tightened(tmp_path):
-    """A new session folder is 0700, and an existing 0755 one is made 0700."""
+def test_private_folder_is_created_0700_and_an_existing_one_left_alone(tmp_path):
+    """A new session folder is 0700; an existing 0755 folder is the user's and stays 0755."""
     new = tmp_path / "a" / "sessions" / "p"
     woci.ensure_private_folder(new)
     assert mode_of(new) == 0o700
@@ -77,7 +77,7 @@ def test_private_folder_is_created_0700_and_tightened(tmp_path):
     loose.mkdir(mode=0o755)
     loose.chmod(0o755)
     woci.ensure_private_folder(loose)
-    assert mode_of(loose) == 0o700
+    assert mode_of(loose) == 0o755
 
 
 # --- the profile lock ----------------------------------------------------------------------------
