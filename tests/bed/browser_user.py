@@ -14,6 +14,9 @@ Environment:
     WOCI_TEST_BROWSER_ACTION  login (default) | deny | wrong-password | none |
                               tamper-state | drop-code
     WOCI_TEST_USER / WOCI_TEST_PASSWORD   default alice / wonderland-42
+    WOCI_TEST_BROWSER_HOLD_FILE   optional: once at the callback, wait (at most HOLD_MAX
+                              seconds) until this file exists before GETting the callback, so
+                              a test can act first; the record's "held" says what happened
 
 Record: {"url", "action", "callback_status", "callback_body", "pages", "error"}
 plus a few extras (query, callback_error, callback_keys, final_status,
@@ -41,6 +44,8 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 HTTP_TIMEOUT = 10.0
 TOTAL_BUDGET = 30.0  # seconds for the whole flow; the caller is blocked meanwhile
+HOLD_MAX = 20.0      # seconds the callback may be held back by WOCI_TEST_BROWSER_HOLD_FILE
+HOLD_POLL = 0.05
 MAX_STEPS = 25
 ACTIONS = {"login", "deny", "wrong-password", "none", "tamper-state", "drop-code"}
 REDACT = {"state", "code_challenge", "nonce", "code", "login_hint", "user_code"}
@@ -206,7 +211,21 @@ class Flow:
         parser.close()
         return parser
 
+    def hold(self) -> None:
+        """Wait for the test's go-ahead file, if one is named (bounded)."""
+        path = os.environ.get("WOCI_TEST_BROWSER_HOLD_FILE")
+        if not path:
+            return
+        deadline = time.monotonic() + HOLD_MAX
+        while not os.path.exists(path):
+            if time.monotonic() >= deadline:
+                self.record["held"] = "timed out"
+                return
+            time.sleep(HOLD_POLL)
+        self.record["held"] = "released"
+
     def visit_callback(self, url: str) -> None:
+        self.hold()
         url = altered_callback(url, self.action, self.record)
         resp = self.request("GET", url)
         self.record["callback_status"] = resp.status_code

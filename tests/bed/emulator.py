@@ -58,7 +58,10 @@ REGIONS = [
 ]
 
 ANY_PATH_FAULTS = frozenset({"http500", "http429", "slow", "drop", "html", "bad_json"})
-EXCHANGE_ONLY_FAULTS = frozenset({"invalid_grant", "no_token", "wrong_jwk"})
+# A normal, fully checked exchange whose UPST (bound to the right key) is absurd in one way.
+ABSURD_UPST_FAULTS = frozenset({"upst_not_ascii", "upst_exp_1e19", "upst_exp_2_days",
+                                "upst_exp_string"})
+EXCHANGE_ONLY_FAULTS = frozenset({"invalid_grant", "no_token", "wrong_jwk"}) | ABSURD_UPST_FAULTS
 FAULT_KINDS = ANY_PATH_FAULTS | EXCHANGE_ONLY_FAULTS
 
 
@@ -191,8 +194,12 @@ class OciEmulator:
         `drop` (read the request, close the connection without a byte), `html` (200 text/html),
         `bad_json` (200 application/json that is not JSON).
         Token path only: `invalid_grant` (400 invalid_grant), `no_token` (200 `{}`),
-        `wrong_jwk` (a normal, fully checked exchange whose UPST names a different key).
-        Faults are used in injection order; each use counts `fault_<kind>`.
+        `wrong_jwk` (a normal, fully checked exchange whose UPST names a different key), and
+        UPSTs bound to the right key but absurd: `upst_not_ascii` (a non-ASCII character in
+        the signature part), `upst_exp_1e19` (exp 10**19), `upst_exp_2_days` (exp two days
+        ahead), `upst_exp_string` (exp a numeric string).
+        Faults are used in injection order; each use counts `fault_<kind>`, counted as soon as
+        the request (body read) is in hand, before any delay: see wait_for_count().
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; known: {sorted(FAULT_KINDS)}")
@@ -221,6 +228,15 @@ class OciEmulator:
     def count(self, name):
         with self._lock:
             return self._counts[name]
+
+    def wait_for_count(self, name, at_least, timeout):
+        """Poll count(name) until it reaches at_least; TimeoutError after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while self.count(name) < at_least:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"emulator counter {name} stayed at {self.count(name)} "
+                                   f"(< {at_least}) for {timeout} s")
+            time.sleep(0.02)
 
     @property
     def exchanges(self):
@@ -277,8 +293,10 @@ class OciEmulator:
     # --- UPSTs -------------------------------------------------------------------------
 
     def mint_upst(self, session_public_key, subject="emulated-user", lifetime=None,
-                  issued_at=None, signing_key=None):
-        """A UPST like the exchange issues; tests use the keyword arguments to forge bad ones."""
+                  issued_at=None, signing_key=None, exp=None):
+        """A UPST like the exchange issues; tests use the keyword arguments to forge bad ones.
+
+        exp, when given, is the claim as is (any JSON value), whatever the lifetime."""
         with self._lock:
             configured = self._upst_lifetime
         iat = int(time.time() if issued_at is None else issued_at)
@@ -293,7 +311,7 @@ class OciEmulator:
             "pstype": "natv",
             "ttype": "x509",
             "iat": iat,
-            "exp": iat + lifetime,
+            "exp": iat + lifetime if exp is None else exp,
             "sess_exp": iat + SESSION_LIFETIME,
             "jti": str(uuid.uuid4()),
             "jwk": ocisig.jwk_json(session_public_key, kid),
@@ -303,15 +321,22 @@ class OciEmulator:
 
     # --- the token exchange ------------------------------------------------------------
 
-    def exchange(self, authorization, content_type, body, wrong_jwk=False):
-        """Run one token exchange; return the UPST or raise ExchangeError."""
+    def exchange(self, authorization, content_type, body, wrong_jwk=False, absurd=None):
+        """Run one token exchange; return the UPST or raise ExchangeError.
+
+        absurd: one of ABSURD_UPST_FAULTS, to answer a UPST made wrong in that way."""
         client_id = check_client(self.clients, authorization)
         form = parse_form(content_type, body)
         check_exchange_form(form)
         claims = self._verify_subject_token(form["subject_token"])
         session_key = load_session_public_key(form["public_key"])
         issued_for = new_rsa_key().public_key() if wrong_jwk else session_key
-        upst = self.mint_upst(issued_for, subject=claims["sub"])
+        exp = {"upst_exp_1e19": 10 ** 19,
+               "upst_exp_2_days": int(time.time()) + 2 * 24 * 3600,
+               "upst_exp_string": str(int(time.time()) + 3600)}.get(absurd)
+        upst = self.mint_upst(issued_for, subject=claims["sub"], exp=exp)
+        if absurd == "upst_not_ascii":
+            upst = upst[:-1] + "\u00e9"
         return client_id, claims["sub"], key_fingerprint(session_key), upst
 
     def _verify_subject_token(self, token):
@@ -467,15 +492,17 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
             self.emu._bump(f"fault_{fault.kind}")
             if self._apply_fault(fault):
                 return
-        self._route(wrong_jwk=fault is not None and fault.kind == "wrong_jwk")
+        kind = fault.kind if fault is not None else None
+        self._route(wrong_jwk=kind == "wrong_jwk",
+                    absurd=kind if kind in ABSURD_UPST_FAULTS else None)
 
     def _read_body(self):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _route(self, wrong_jwk=False):
+    def _route(self, wrong_jwk=False, absurd=None):
         routes = {
-            ("POST", TOKEN_PATH): lambda: self._token_exchange(wrong_jwk),
+            ("POST", TOKEN_PATH): lambda: self._token_exchange(wrong_jwk, absurd),
             ("GET", REGIONS_PATH): lambda: self._signed(self._regions, "regions"),
         }
         for path in NAMESPACE_PATHS:
@@ -533,7 +560,7 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
                 self._drop()
                 return True
             return False
-        if kind == "wrong_jwk":
+        if kind == "wrong_jwk" or kind in ABSURD_UPST_FAULTS:
             return False
         # Recorded before answering: a client that has the answer also sees the record.
         if self.path_only == TOKEN_PATH:
@@ -560,12 +587,12 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
 
     # --- endpoints ---------------------------------------------------------------------
 
-    def _token_exchange(self, wrong_jwk):
+    def _token_exchange(self, wrong_jwk, absurd=None):
         emu = self.emu
         try:
             client_id, sub, fingerprint, upst = emu.exchange(
                 self.headers.get("Authorization"), self.headers.get("Content-Type"),
-                self.body, wrong_jwk=wrong_jwk)
+                self.body, wrong_jwk=wrong_jwk, absurd=absurd)
         except ExchangeError as exc:
             emu._bump("exchange_error")
             emu._record_exchange(client_id=None, sub=None, key_fingerprint=None,
@@ -575,7 +602,7 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
             return
         emu._bump("exchange_ok")
         emu._record_exchange(client_id=client_id, sub=sub, key_fingerprint=fingerprint,
-                             outcome="ok", wrong_jwk=wrong_jwk)
+                             outcome="ok", wrong_jwk=wrong_jwk, absurd=absurd)
         self._send_json(200, {"token": upst})
 
     def _signed(self, answer, counter):
