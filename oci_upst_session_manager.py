@@ -47,33 +47,28 @@ the same in full.
 
 from __future__ import annotations
 
+# Only what a run with a valid session needs is imported here. It runs at every oci call
+# (kubectl calls it per request), so everything else - requests, jwt, cryptography, logging,
+# configparser, subprocess, tempfile, hashlib and the rest - is imported by the function
+# that needs it, when a renewal, a sign-in or a tool needs it.
 import base64
-import configparser
-import dataclasses
+import collections
 import enum
 import errno
 import fcntl
-import getpass
-import hashlib
-import html
 import json
-import logging
 import os
-import random
-import secrets
-import select
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.parse
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
-# requests, jwt and cryptography are imported inside the few functions that talk to the network
-# or handle keys: a run whose session is still valid must not pay for importing them.
+TYPE_CHECKING = False   # true only for type checkers: these names appear in annotations only
+if TYPE_CHECKING:
+    import configparser
+    import subprocess
 
 __version__ = "0.1.0"
 
@@ -81,7 +76,13 @@ __version__ = "0.1.0"
 # 1. Constants and errors
 # --------------------------------------------------------------------------------------------
 
-LOG = logging.getLogger("woci")
+def log():
+    """woci's logger. logging is imported on the first message: a run with a valid session
+    logs nothing and must not pay for it."""
+    import logging
+
+    return logging.getLogger("woci")
+
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -91,6 +92,8 @@ EXIT_INTERRUPTED = 130
 
 # A UPST with less life than this left is renewed before oci runs: oci needs time to use it.
 EXPIRY_MARGIN_SECONDS = 60
+# A cached OKE credential with less life than this is not handed to kubectl.
+OKE_CACHE_MARGIN_SECONDS = 30
 DEFAULT_SCOPE = "openid offline_access"
 DEFAULT_REDIRECT_PORT = 8181
 DEFAULT_REDIRECT_PATH = "/callback"
@@ -98,6 +101,9 @@ DEFAULT_LOGIN_TIMEOUT = 300
 DEFAULT_REFRESH_SAFETY_WINDOW = 600
 DEFAULT_LOG_LEVEL = "WARNING"
 DEFAULT_PROFILE = "DEFAULT"
+# configparser's booleans (ConfigParser.BOOLEAN_STATES), here so reading one costs no import.
+BOOLEAN_WORDS = {"1": True, "yes": True, "true": True, "on": True,
+                 "0": False, "no": False, "false": False, "off": False}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # (connect, read) seconds for every HTTP call.
@@ -158,6 +164,7 @@ CONFIG_LOCK_PREFIX = ".oci-config-"
 PID_FILE = "woci_refresh.pid"
 DAEMON_STATE_FILE = "woci_daemon.state"
 DAEMON_LOG_FILE = "woci_daemon.log"
+CREDENTIAL_CACHE_FOLDER = "exec-credentials"
 MANAGER_INI_NAME = "woci_manager.ini"
 COMMON_SECTION = "COMMON"
 # configparser treats its default section as a base for all others; the manager INI's
@@ -170,7 +177,7 @@ class WociError(Exception):
 
     exit_code = EXIT_FAILURE
 
-    def __init__(self, message: str, exit_code: Optional[int] = None):
+    def __init__(self, message: str, exit_code: int | None = None):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
@@ -264,12 +271,12 @@ def jwt_expiry(token: str) -> int:
 def parse_bool(text: str) -> bool:
     """configparser's rules: true/false, yes/no, on/off, 1/0 (any case)."""
     try:
-        return configparser.ConfigParser.BOOLEAN_STATES[text.strip().lower()]
+        return BOOLEAN_WORDS[text.strip().lower()]
     except KeyError:
         raise ValueError(f"{text!r} is not a boolean (use true/false, yes/no, on/off or 1/0)")
 
 
-def env_flag_is_true(value: Optional[str]) -> bool:
+def env_flag_is_true(value: str | None) -> bool:
     if value is None:
         return False
     try:
@@ -288,12 +295,17 @@ def pem_body_der(pem: bytes) -> bytes:
 
 def md5_fingerprint(der: bytes) -> str:
     """The key fingerprint as `oci setup` writes it: MD5 of the DER, colon-separated hex."""
+    import hashlib
+
     digest = hashlib.md5(der).hexdigest()  # noqa: S324 - OCI's fingerprint format, not security
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
-def pkce_pair() -> Tuple[str, str]:
+def pkce_pair() -> tuple[str, str]:
     """A PKCE code verifier (RFC 7636: 43-128 unreserved characters) and its S256 challenge."""
+    import hashlib
+    import secrets
+
     verifier = secrets.token_urlsafe(64)
     challenge = b64url_encode(hashlib.sha256(verifier.encode("ascii")).digest())
     return verifier, challenge
@@ -301,12 +313,14 @@ def pkce_pair() -> Tuple[str, str]:
 
 def add_query(url: str, params: Mapping[str, str]) -> str:
     """The URL with params appended to whatever query it already has."""
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
-def clock_skew_seconds(server_date: Optional[str], now: float) -> Optional[float]:
+def clock_skew_seconds(server_date: str | None, now: float) -> float | None:
     """How far the local clock is from a server's Date header, or None if it says nothing."""
     if not server_date:
         return None
@@ -318,7 +332,7 @@ def clock_skew_seconds(server_date: Optional[str], now: float) -> Optional[float
         return None
 
 
-def clock_skew_note(skew: Optional[float], where: str) -> str:
+def clock_skew_note(skew: float | None, where: str) -> str:
     if skew is None or abs(skew) <= CLOCK_SKEW_TOLERANCE_SECONDS:
         return ""
     direction = "ahead of" if skew > 0 else "behind"
@@ -326,7 +340,7 @@ def clock_skew_note(skew: Optional[float], where: str) -> str:
             "OCI refuses requests from a skewed clock: fix the clock)")
 
 
-def retry_delay(attempt: int, retry_after: Optional[str], jitter: Callable[[], float]) -> float:
+def retry_delay(attempt: int, retry_after: str | None, jitter: Callable[[], float]) -> float:
     """Exponential backoff with jitter; a server's Retry-After wins when it asks for longer."""
     delay = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * (2 ** attempt)) * (0.5 + jitter())
     if retry_after:
@@ -379,15 +393,18 @@ def expand_home(path: str, environ: Mapping[str, str]) -> Path:
 
 
 def configure_logging(level: str, daemon: bool = False) -> None:
+    import logging
+
     fmt = "%(asctime)s woci[%(process)d]: %(levelname)s: %(message)s" if daemon else \
         "woci: %(levelname)s: %(message)s"
-    for handler in list(LOG.handlers):
-        LOG.removeHandler(handler)
+    logger = log()
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(fmt))
-    LOG.addHandler(handler)
-    LOG.propagate = False
-    LOG.setLevel(level)
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(level)
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,20 +433,19 @@ class OciAction(enum.Enum):
     RUN = "run"
 
 
-class OptionSpec(NamedTuple):
-    """One of woci's options: how the splitter, the settings and the help treat it."""
+class OptionSpec(collections.namedtuple(
+        "OptionSpec", "flag key kind group help in_ini anywhere flag_sets secret env alias",
+        defaults=(True, False, True, False, None, None))):
+    """One of woci's options: how the splitter, the settings and the help treat it.
 
-    flag: str
-    key: str          # the INI key and the Settings field; for a mode, its Mode value
-    kind: str         # text, url, port, seconds, level: a value; flag: none; mode; exec; oci
-    group: str
-    help: str
-    in_ini: bool = True
-    anywhere: bool = False      # taken wherever it stands, so kubeconfig entries stay short
-    flag_sets: bool = True      # the value the flag gives its key
-    secret: bool = False        # as a flag, visible to every local user in `ps`
-    env: Optional[str] = None   # an environment variable between the flag and the INI
-    alias: Optional[str] = None
+    key: the INI key and the Settings field; for a mode, its Mode value. kind: text, url,
+    port, seconds, level (a value); flag (none); mode; exec; oci. in_ini: it may stand in the
+    manager INI. anywhere: taken wherever it stands, so kubeconfig entries stay short.
+    flag_sets: the value the flag gives its key. secret: as a flag, visible to every local
+    user in `ps`. env: an environment variable between the flag and the INI. alias: -h.
+    """
+
+    __slots__ = ()
 
 
 CONFIGURATION = "Configuration"
@@ -438,10 +454,11 @@ EXCHANGE = "OCI token exchange"
 ENCRYPTION = "Refresh token encryption"
 BACKGROUND = "Background refresh"
 OUTPUT = "Output"
+SESSION_TOOLS = "Session tools"
 OCI_READ = "OCI options woci reads (and passes on to oci)"
 MODES = "Modes"
 
-OPTIONS: Tuple[OptionSpec, ...] = (
+OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--manager-config", "manager_config", "text", CONFIGURATION,
                "The manager INI file. Default: env WOCI_MANAGER_CONFIG, else woci_manager.ini "
                "beside the OCI config file, else ~/.oci/woci_manager.ini. Taken wherever it "
@@ -493,6 +510,9 @@ OPTIONS: Tuple[OptionSpec, ...] = (
     OptionSpec("--log-level", "log_level", "level", OUTPUT,
                f"One of {', '.join(LOG_LEVELS)}. Default: {DEFAULT_LOG_LEVEL}. Logs go to "
                "stderr and never hold tokens or secrets."),
+    OptionSpec("--no-cache", "no_cache", "flag", SESSION_TOOLS,
+               "Run oci for `ce cluster generate-token` even when the OKE credential cache has "
+               "an answer, and refresh the cache with its answer.", in_ini=False),
     OptionSpec("--profile", "profile", "oci", OCI_READ,
                "The OCI profile. Default: env OCI_CLI_PROFILE, else DEFAULT.", anywhere=True),
     OptionSpec("--config-file", "config_file", "oci", OCI_READ,
@@ -538,23 +558,24 @@ OCI_VALUE_OPTIONS = frozenset({
 })
 
 
-@dataclasses.dataclass(frozen=True)
-class CommandLine:
-    """argv split between woci and oci."""
+class CommandLine(collections.namedtuple("CommandLine", "woci oci_args oci_options mode exec_argv",
+                                         defaults=(Mode.RUN, ()))):
+    """argv split between woci and oci.
 
-    woci: Dict[str, object]            # woci option key -> raw value (str) or True for flags
-    oci_args: List[str]                # passed to oci unchanged, in order
-    oci_options: Dict[str, str]        # --profile/--config-file/--region/--auth, read anywhere
-    mode: Mode = Mode.RUN
-    exec_argv: Tuple[str, ...] = ()
+    woci: woci's option keys to their raw values (True for flags). oci_args: passed to oci
+    unchanged, in order. oci_options: --profile/--config-file/--region/--auth, read anywhere.
+    exec_argv: the command of --exec.
+    """
+
+    __slots__ = ()
 
     @property
-    def secret_flags(self) -> List[str]:
+    def secret_flags(self) -> list[str]:
         """The secrets given on the command line, by flag: every local user can read them."""
         return [spec.flag for spec in SETTING_OPTIONS if spec.secret and spec.key in self.woci]
 
 
-def _option_value(argv: List[str], index: int, name: str, inline: Optional[str]) -> Tuple[str, int]:
+def _option_value(argv: list[str], index: int, name: str, inline: str | None) -> tuple[str, int]:
     """The value of option argv[index] and the index after it."""
     if inline is not None:
         return inline, index + 1
@@ -563,7 +584,7 @@ def _option_value(argv: List[str], index: int, name: str, inline: Optional[str])
     return argv[index + 1], index + 2
 
 
-def split_command_line(argv: List[str]) -> CommandLine:
+def split_command_line(argv: list[str]) -> CommandLine:
     """Split argv into woci's options and oci's arguments.
 
     woci's options stand before the oci command; from the first argument that is none of them
@@ -572,11 +593,11 @@ def split_command_line(argv: List[str]) -> CommandLine:
     marked `anywhere` in the table are read wherever they stand: --manager-config is taken,
     --profile/--config-file/--region/--auth are read and still passed to oci.
     """
-    woci: Dict[str, object] = {}
-    oci_args: List[str] = []
-    oci_options: Dict[str, str] = {}
+    woci: dict[str, object] = {}
+    oci_args: list[str] = []
+    oci_options: dict[str, str] = {}
     mode = Mode.RUN
-    exec_argv: Tuple[str, ...] = ()
+    exec_argv: tuple[str, ...] = ()
     in_oci = False
     i = 0
     while i < len(argv):
@@ -624,9 +645,9 @@ def split_command_line(argv: List[str]) -> CommandLine:
     return CommandLine(woci, oci_args, oci_options, mode, exec_argv)
 
 
-def oci_command_words(oci_args: List[str]) -> List[str]:
+def oci_command_words(oci_args: list[str]) -> list[str]:
     """The oci command's words (`session refresh`), past oci's global options and values."""
-    words: List[str] = []
+    words: list[str] = []
     skip = False
     for arg in oci_args:
         if skip:
@@ -642,7 +663,7 @@ def oci_command_words(oci_args: List[str]) -> List[str]:
     return words
 
 
-def oci_action(oci_args: List[str]) -> OciAction:
+def oci_action(oci_args: list[str]) -> OciAction:
     """What the oci arguments ask of woci."""
     command = oci_command_words(oci_args)
     if not command and all(a.partition("=")[0] in OCI_VALUE_OPTIONS for a in oci_args
@@ -655,33 +676,59 @@ def oci_action(oci_args: List[str]) -> OciAction:
     return OciAction.RUN
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    profile: str
-    oci_config_file: Path
-    manager_config_file: Optional[Path]
-    authz_base_url: str
-    token_url: str
-    token_exchange_url: str
-    auth_client_id: str
-    client_id: str
-    client_secret: str
-    auth_client_secret: Optional[str] = None
-    scope: str = DEFAULT_SCOPE
-    redirect_port: int = DEFAULT_REDIRECT_PORT
-    redirect_path: str = DEFAULT_REDIRECT_PATH
-    region: Optional[str] = None          # from the INI: always written to the profile
-    cli_region: Optional[str] = None      # from --region: written only if the profile has none
-    prompt: Optional[str] = None
-    login_timeout: float = DEFAULT_LOGIN_TIMEOUT
-    interactive: bool = True
-    refresh_token_passphrase_env: Optional[str] = None
-    refresh_token_passphrase_prompt: bool = False
-    encrypt_refresh_token: bool = False
-    auto_refresh: bool = False
-    refresh_safety_window: float = DEFAULT_REFRESH_SAFETY_WINDOW
-    log_level: str = DEFAULT_LOG_LEVEL
-    ca_bundle: Optional[str] = None       # env OCI_CLI_CERT_BUNDLE, as the OCI CLI reads it
+def _has_option(args: list[str], name: str) -> bool:
+    return any(arg == name or arg.startswith(name + "=") for arg in args)
+
+
+def build_oci_argv(oci_args: list[str], profile: str) -> list[str]:
+    argv = ["oci"]
+    if not _has_option(oci_args, "--profile"):
+        argv += ["--profile", profile]
+    if not _has_option(oci_args, "--auth"):
+        argv += ["--auth", "security_token"]
+    return argv + list(oci_args)
+
+
+def scrubbed_environment(environ: Mapping[str, str], passphrase_env: str | None
+                         ) -> dict[str, str]:
+    """The environment for oci or --exec's command: without the secrets woci was given
+    through it (WOCI_*_SECRET and the refresh-token passphrase variable)."""
+    secret_variables = {spec.env for spec in SETTING_OPTIONS if spec.secret and spec.env}
+    if passphrase_env:
+        secret_variables.add(passphrase_env)
+    return {name: value for name, value in environ.items() if name not in secret_variables}
+
+
+SETTINGS_WITHOUT_DEFAULT = (
+    "profile", "oci_config_file", "manager_config_file", "authz_base_url", "token_url",
+    "token_exchange_url", "auth_client_id", "client_id", "client_secret",
+)
+SETTINGS_DEFAULTS = {
+    "auth_client_secret": None,
+    "scope": DEFAULT_SCOPE,
+    "redirect_port": DEFAULT_REDIRECT_PORT,
+    "redirect_path": DEFAULT_REDIRECT_PATH,
+    "region": None,           # from the INI: always written to the profile
+    "cli_region": None,       # from --region: written only if the profile has none
+    "prompt": None,
+    "login_timeout": DEFAULT_LOGIN_TIMEOUT,
+    "interactive": True,
+    "refresh_token_passphrase_env": None,
+    "refresh_token_passphrase_prompt": False,
+    "encrypt_refresh_token": False,
+    "auto_refresh": False,
+    "refresh_safety_window": DEFAULT_REFRESH_SAFETY_WINDOW,
+    "log_level": DEFAULT_LOG_LEVEL,
+    "ca_bundle": None,        # env OCI_CLI_CERT_BUNDLE, as the OCI CLI reads it
+}
+
+
+class Settings(collections.namedtuple("Settings",
+                                      SETTINGS_WITHOUT_DEFAULT + tuple(SETTINGS_DEFAULTS),
+                                      defaults=tuple(SETTINGS_DEFAULTS.values()))):
+    """Everything a run needs to know; made by build_settings(), never changed after."""
+
+    __slots__ = ()
 
     @property
     def redirect_uri(self) -> str:
@@ -706,7 +753,7 @@ def resolve_oci_config_file(cmd: CommandLine, environ: Mapping[str, str]) -> Pat
 
 
 def manager_config_candidates(cmd: CommandLine, environ: Mapping[str, str],
-                              oci_config_file: Path) -> Tuple[List[Path], bool]:
+                              oci_config_file: Path) -> tuple[list[Path], bool]:
     """Where to look for the manager INI, and whether the path was given explicitly."""
     explicit = cmd.woci.get("manager_config") or environ.get("WOCI_MANAGER_CONFIG")
     if explicit:
@@ -716,6 +763,8 @@ def manager_config_candidates(cmd: CommandLine, environ: Mapping[str, str],
 
 
 def parse_manager_ini(text: str, source: str) -> configparser.ConfigParser:
+    import configparser
+
     parser = configparser.ConfigParser(default_section=UNUSED_DEFAULT_SECTION,
                                        interpolation=None)
     try:
@@ -725,8 +774,8 @@ def parse_manager_ini(text: str, source: str) -> configparser.ConfigParser:
     return parser
 
 
-def load_manager_ini(candidates: List[Path], explicit: bool
-                     ) -> Tuple[Optional[Path], Optional[configparser.ConfigParser]]:
+def load_manager_ini(candidates: list[Path], explicit: bool
+                     ) -> tuple[Path | None, configparser.ConfigParser | None]:
     for path in candidates:
         try:
             text = path.read_text(encoding="utf-8")
@@ -737,16 +786,16 @@ def load_manager_ini(candidates: List[Path], explicit: bool
         except (OSError, UnicodeDecodeError) as exc:
             if explicit:
                 raise ConfigError(f"cannot read manager config {path}: {describe_os_error(exc)}")
-            LOG.warning("cannot read manager config %s (%s); going on without it", path,
+            log().warning("cannot read manager config %s (%s); going on without it", path,
                         describe_os_error(exc))
             continue
         return path, parse_manager_ini(text, str(path))
     return None, None
 
 
-def ini_values(parser: Optional[configparser.ConfigParser], profile: str) -> Dict[str, str]:
+def ini_values(parser: configparser.ConfigParser | None, profile: str) -> dict[str, str]:
     """[COMMON] overlaid with the profile's own section."""
-    values: Dict[str, str] = {}
+    values: dict[str, str] = {}
     if parser is None:
         return values
     for section in (COMMON_SECTION, profile):
@@ -765,6 +814,8 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
         except ValueError as exc:
             raise ConfigError(f"{key} in {where}: {exc}") from exc
     if kind == "url":
+        import urllib.parse
+
         parts = urllib.parse.urlsplit(text)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"{key} in {where} must be an http(s) URL, not {text!r}")
@@ -791,17 +842,17 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
 
 
 def build_settings(cmd: CommandLine, environ: Mapping[str, str],
-                   manager_ini: Optional[configparser.ConfigParser],
-                   manager_path: Optional[Path]) -> Settings:
+                   manager_ini: configparser.ConfigParser | None,
+                   manager_path: Path | None) -> Settings:
     """Settings from flag > environment (secrets) > INI [profile] > INI [COMMON] > defaults."""
     profile = resolve_profile(cmd, environ)
     ini = ini_values(manager_ini, profile)
     ini_where = f"{manager_path} [{profile}] or [{COMMON_SECTION}]" if manager_path else "INI"
     unknown = sorted(set(ini) - set(INI_KINDS))
     if unknown:
-        LOG.warning("ignoring unknown key(s) in %s: %s", manager_path, ", ".join(unknown))
+        log().warning("ignoring unknown key(s) in %s: %s", manager_path, ", ".join(unknown))
 
-    values: Dict[str, object] = {}
+    values: dict[str, object] = {}
     for key, kind in INI_KINDS.items():
         if key in ini and ini[key].strip() != "":
             values[key] = _convert(key, kind, ini[key], ini_where)
@@ -826,7 +877,7 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
     interactive = bool(values.pop("interactive", True)) and not env_flag_is_true(
         environ.get("CI"))
     values.setdefault("token_exchange_url", values["token_url"])
-    fields = {f.name for f in dataclasses.fields(Settings)}
+    fields = set(Settings._fields)
     return Settings(
         profile=profile,
         oci_config_file=resolve_oci_config_file(cmd, environ),
@@ -838,7 +889,7 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
     )
 
 
-def warn_if_secrets_exposed(path: Optional[Path], manager_ini: Optional[configparser.ConfigParser]
+def warn_if_secrets_exposed(path: Path | None, manager_ini: configparser.ConfigParser | None
                             ) -> None:
     if path is None or manager_ini is None:
         return
@@ -849,7 +900,7 @@ def warn_if_secrets_exposed(path: Optional[Path], manager_ini: Optional[configpa
     except OSError:
         return
     if holds_secret and mode & 0o077:
-        LOG.warning("%s holds a client secret but other users can read it; run: chmod 600 %s",
+        log().warning("%s holds a client secret but other users can read it; run: chmod 600 %s",
                     path, path)
 
 
@@ -858,9 +909,10 @@ def warn_if_secrets_exposed(path: Optional[Path], manager_ini: Optional[configpa
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class SessionPaths:
-    folder: Path
+class SessionPaths(collections.namedtuple("SessionPaths", "folder")):
+    """Where one profile's session files are."""
+
+    __slots__ = ()
 
     @classmethod
     def for_profile(cls, profile: str, environ: Mapping[str, str]) -> "SessionPaths":
@@ -876,6 +928,7 @@ class SessionPaths:
     pid = property(lambda self: self.folder / PID_FILE)
     daemon_state = property(lambda self: self.folder / DAEMON_STATE_FILE)
     daemon_log = property(lambda self: self.folder / DAEMON_LOG_FILE)
+    credential_cache = property(lambda self: self.folder / CREDENTIAL_CACHE_FOLDER)
 
 
 def ensure_private_folder(folder: Path) -> None:
@@ -912,6 +965,8 @@ def _fsync_folder(folder: Path) -> None:
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write via a temporary file in the same folder, fsync, rename: readers see old or new."""
     folder = path.parent
+    import tempfile
+
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
@@ -933,7 +988,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
 
 
-def read_file_if_present(path: Path) -> Optional[bytes]:
+def read_file_if_present(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -955,7 +1010,7 @@ class FileLock:
                  sleep: Callable[[float], None] = time.sleep):
         self.path, self.timeout, self.busy_message = path, timeout, busy_message
         self.clock, self.sleep = clock, sleep
-        self.fd: Optional[int] = None
+        self.fd: int | None = None
 
     def __enter__(self) -> "FileLock":
         ensure_private_folder(self.path.parent)
@@ -979,7 +1034,7 @@ class FileLock:
                 raise WociError(f"{self.busy_message} for over {format_duration(self.timeout)}; "
                                 f"gave up waiting for it (lock file {self.path})")
             if not logged:
-                LOG.info("waiting: %s", self.busy_message)
+                log().info("waiting: %s", self.busy_message)
                 logged = True
             self.sleep(LOCK_POLL_SECONDS)
         self.fd = fd
@@ -1008,6 +1063,8 @@ class ConfigLock(FileLock):
     """
 
     def __init__(self, sessions_root: Path, config_file: Path, **seams):
+        import hashlib
+
         digest = hashlib.sha256(os.path.realpath(config_file).encode()).hexdigest()[:16]
         super().__init__(sessions_root / f"{CONFIG_LOCK_PREFIX}{digest}.lock",
                          CONFIG_LOCK_TIMEOUT_SECONDS,
@@ -1017,10 +1074,10 @@ class ConfigLock(FileLock):
 # --- the session token -----------------------------------------------------------------------
 
 
-class TokenState(NamedTuple):
-    token: Optional[str]
-    expires_at: Optional[int]
-    problem: Optional[str]   # why an existing token file cannot be used
+class TokenState(collections.namedtuple("TokenState", "token expires_at problem")):
+    """The session token on disk: the token and its exp, or why an existing file is unusable."""
+
+    __slots__ = ()
 
 
 def read_session_token(paths: SessionPaths) -> TokenState:
@@ -1055,12 +1112,16 @@ class PassphraseSource:
     """
 
     def __init__(self, settings: Settings, environ: Mapping[str, str],
-                 ask: Callable[[str], str] = getpass.getpass,
+                 ask: Callable[[str], str] | None = None,
                  stdin_is_tty: Callable[[], bool] = lambda: sys.stdin is not None
                  and sys.stdin.isatty()):
         self.settings, self.environ = settings, environ
+        if ask is None:
+            import getpass
+
+            ask = getpass.getpass
         self.ask, self.stdin_is_tty = ask, stdin_is_tty
-        self._cached: Optional[str] = None
+        self._cached: str | None = None
 
     @property
     def configured(self) -> bool:
@@ -1162,7 +1223,7 @@ class RefreshTokenStore:
     def __init__(self, path: Path, passphrase: PassphraseSource):
         self.path, self.passphrase = path, passphrase
 
-    def load(self) -> Optional[str]:
+    def load(self) -> str | None:
         raw = read_file_if_present(self.path)
         if raw is None:
             return None
@@ -1202,11 +1263,11 @@ class RefreshTokenStore:
 # --- the OCI config file ---------------------------------------------------------------------
 
 
-def split_config_lines(text: str) -> List[str]:
+def split_config_lines(text: str) -> list[str]:
     """The lines with their endings, split exactly where configparser reading a file splits
     (universal newlines: \\n, \\r\\n, \\r), and nowhere else: str.splitlines also breaks at
     U+0085, U+2028 and form feeds, and woci would then see sections that oci does not."""
-    lines: List[str] = []
+    lines: list[str] = []
     start = 0
     for index, char in enumerate(text):
         if char == "\n" or (char == "\r" and text[index + 1:index + 2] != "\n"):
@@ -1217,8 +1278,10 @@ def split_config_lines(text: str) -> List[str]:
     return lines
 
 
-def read_oci_config(path: Path) -> Tuple[Optional[str], configparser.ConfigParser]:
+def read_oci_config(path: Path) -> tuple[str | None, configparser.ConfigParser]:
     """The OCI config's text (None when absent) and its parse, refusing one oci could not read."""
+    import configparser
+
     raw = read_file_if_present(path)
     parser = configparser.ConfigParser(interpolation=None)
     if raw is None:
@@ -1237,15 +1300,17 @@ def profile_exists(config: configparser.ConfigParser, profile: str) -> bool:
     return config.has_section(profile) or profile == DEFAULT_PROFILE
 
 
-def _is_section_header(line: str) -> Optional[str]:
+def _is_section_header(line: str) -> str | None:
+    """The section a line opens, by configparser's rule (its SECTCRE, `\\[(?P<header>.+)\\]`,
+    matched at the start of the stripped line): `[dev]   # a comment` opens dev too."""
     if line[:1].isspace():
         return None   # an indented line continues a value, as configparser reads it
-    # configparser's own pattern: `[dev]   # a comment` is section dev too.
-    match = configparser.ConfigParser.SECTCRE.match(line.strip())
-    return match.group("header") if match else None
+    value = line.strip()
+    end = value.rfind("]")
+    return value[1:end] if value.startswith("[") and end > 1 else None
 
 
-def _key_of(line: str) -> Optional[str]:
+def _key_of(line: str) -> str | None:
     if not line.strip() or line[:1].isspace() or line.lstrip()[:1] in ("#", ";"):
         return None
     # configparser's rule: the key ends at the first '=' or ':', whichever comes first.
@@ -1253,7 +1318,7 @@ def _key_of(line: str) -> Optional[str]:
     return line[:cut].strip().lower() if cut >= 0 else None
 
 
-def upsert_profile(text: Optional[str], profile: str, values: Mapping[str, str]) -> str:
+def upsert_profile(text: str | None, profile: str, values: Mapping[str, str]) -> str:
     """The config text with the profile's keys set; every other byte stays as it was."""
     newline = "\r\n" if text and "\r\n" in text else "\n"
     lines = split_config_lines(text or "")
@@ -1272,7 +1337,7 @@ def upsert_profile(text: Optional[str], profile: str, values: Mapping[str, str])
                len(lines))
     section = lines[start + 1:end]
     pending = dict(values)
-    kept: List[str] = []
+    kept: list[str] = []
     skipping_continuation = False
     for line in section:
         key = _key_of(line)
@@ -1294,7 +1359,7 @@ def upsert_profile(text: Optional[str], profile: str, values: Mapping[str, str])
     return "".join(lines[:start + 1] + kept + lines[end:])
 
 
-def write_oci_config(path: Path, old_text: Optional[str], new_text: str) -> None:
+def write_oci_config(path: Path, old_text: str | None, new_text: str) -> None:
     if old_text == new_text:
         return
     target = Path(os.path.realpath(path))
@@ -1324,7 +1389,7 @@ def session_key_path(config: configparser.ConfigParser, profile: str, paths: Ses
 
 
 def profile_values(settings: Settings, paths: SessionPaths, config: configparser.ConfigParser,
-                   key_path: Path, upst: str, fingerprint: Optional[str]) -> Dict[str, str]:
+                   key_path: Path, upst: str, fingerprint: str | None) -> dict[str, str]:
     """What the profile must say for oci and the SDKs to use this session."""
     values = {"key_file": str(key_path.absolute()),
               "security_token_file": str(paths.token.absolute())}
@@ -1354,7 +1419,7 @@ def profile_is_wired(config: configparser.ConfigParser, profile: str, paths: Ses
             and expand_home(token_file, environ) == paths.token.absolute())
 
 
-def stored_key_fingerprint(paths: SessionPaths) -> Optional[str]:
+def stored_key_fingerprint(paths: SessionPaths) -> str | None:
     """The fingerprint of the session's public key file, read without cryptography."""
     try:
         public_pem = read_file_if_present(paths.public_key)
@@ -1364,7 +1429,7 @@ def stored_key_fingerprint(paths: SessionPaths) -> Optional[str]:
 
 
 def update_oci_profile(settings: Settings, paths: SessionPaths, environ: Mapping[str, str],
-                       key_path: Path, upst: str, fingerprint: Optional[str]) -> None:
+                       key_path: Path, upst: str, fingerprint: str | None) -> None:
     """Point the profile at the session, applied to the file as it is now, under its lock:
     an edit another tool (or woci for another profile) made meanwhile is kept."""
     with ConfigLock(paths.root, settings.oci_config_file):
@@ -1375,13 +1440,208 @@ def update_oci_profile(settings: Settings, paths: SessionPaths, environ: Mapping
 
 
 # --------------------------------------------------------------------------------------------
-# 5. HTTP and OpenID Connect
+# 5. The fast path: a valid session runs oci after reading two small files
+# --------------------------------------------------------------------------------------------
+# Everything here uses only what the top of the file imports. A run that cannot be answered
+# here (a renewal is due, the profile is not wired, a mode or a tool) goes the full way,
+# which reads the same files again with configparser and reports what is wrong.
+
+
+def ini_sections(text: str, wanted: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """The one-line values of the wanted sections, split by the rules upsert_profile follows.
+
+    Enough for a path or a boolean; a value continued on further lines is read as its first
+    line only, so a check built on it can only fail towards the full way.
+    """
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in split_config_lines(text):
+        header = _is_section_header(line)
+        if header is not None:
+            current = sections.setdefault(header, {}) if header in wanted else None
+            continue
+        key = _key_of(line)
+        if current is not None and key is not None:
+            cut = min(line.find(sep) for sep in ("=", ":") if sep in line)
+            current[key] = line[cut + 1:].strip()
+    return sections
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _fast_profile_points_here(config_file: Path, profile: str, paths: SessionPaths,
+                              environ: Mapping[str, str]) -> bool:
+    """profile_is_wired without configparser: [DEFAULT] is every profile's base, as in oci."""
+    text = _read_text(config_file)
+    if text is None:
+        return False
+    sections = ini_sections(text, (DEFAULT_PROFILE, profile))
+    if profile not in sections and profile != DEFAULT_PROFILE:
+        return False
+    values = {**sections.get(DEFAULT_PROFILE, {}), **sections.get(profile, {})}
+    token_file = values.get("security_token_file", "")
+    return bool(values.get("key_file")) and bool(token_file) and \
+        expand_home(token_file, environ) == paths.token.absolute()
+
+
+def _fast_manager_values(cmd: CommandLine, environ: Mapping[str, str], config_file: Path,
+                         profile: str) -> dict[str, str] | None:
+    """The manager INI's [COMMON] overlaid with [profile]; None when an explicit file is
+    unreadable (the full way says why)."""
+    candidates, explicit = manager_config_candidates(cmd, environ, config_file)
+    for path in candidates:
+        text = _read_text(path)
+        if text is not None:
+            sections = ini_sections(text, (COMMON_SECTION, profile))
+            return {**sections.get(COMMON_SECTION, {}), **sections.get(profile, {})}
+        if explicit:
+            return None
+    return {}
+
+
+# --- the OKE credential cache ----------------------------------------------------------------
+
+
+def is_oke_token_request(oci_args: list[str]) -> bool:
+    return oci_command_words(oci_args)[:3] == ["ce", "cluster", "generate-token"]
+
+
+def credential_cache_key(config_file: Path, profile: str, oci_args: list[str]) -> list[str]:
+    """What makes two kubectl calls the same: the config file, the profile, oci's arguments."""
+    return [str(config_file.absolute()), profile, *oci_args]
+
+
+def credential_cache_path(paths: SessionPaths, key: list[str]) -> Path:
+    # crc32 comes with base64 (binascii), where hashlib would load OpenSSL on every kubectl
+    # call; the entry holds its whole key, so two keys with one crc are two misses, never
+    # a wrong answer.
+    import binascii
+
+    digest = binascii.crc32(json.dumps(key).encode("utf-8"))
+    return paths.credential_cache / f"{digest:08x}.json"
+
+
+def cached_credential(paths: SessionPaths, key: list[str], now: float) -> bytes | None:
+    """oci's stored answer for these arguments while it has more than 30 s left; None when
+    there is none, it is about to expire, or the entry is unreadable in any way."""
+    text = _read_text(credential_cache_path(paths, key))
+    if text is None:
+        return None
+    try:
+        entry = json.loads(text)
+        expires_at, output = entry["expires_at"], entry["output"]
+        if entry.get("key") != key or not isinstance(output, str):
+            return None
+        if not isinstance(expires_at, (int, float)) or expires_at - now <= OKE_CACHE_MARGIN_SECONDS:
+            return None
+        return output.encode("utf-8")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeEncodeError):
+        return None
+
+
+# --- the decision ----------------------------------------------------------------------------
+
+
+class FastAnswer(collections.namedtuple("FastAnswer", "oci_argv env output")):
+    """What the fast path found to do: exec oci_argv with env, print output, or (both None)
+    nothing at all."""
+
+    __slots__ = ()
+
+
+def fast_path(argv: list[str], environ: Mapping[str, str], now: float) -> FastAnswer | None:
+    """The answer when the session is valid and nothing but oci is asked, else None.
+
+    Whatever it cannot settle for certain (a bad argument, an unreadable file, a renewal
+    due, an unwired profile, --auto-refresh, a secret on the command line that deserves its
+    warning) is left to the full way.
+    """
+    try:
+        cmd = split_command_line(argv)
+        profile = resolve_profile(cmd, environ)
+    except ConfigError:
+        return None
+    action = oci_action(cmd.oci_args)
+    if cmd.mode is not Mode.RUN or cmd.secret_flags or cmd.woci.get("auto_refresh") or \
+            action not in (OciAction.RUN, OciAction.NONE):
+        return None
+    paths = SessionPaths.for_profile(profile, environ)
+    config_file = resolve_oci_config_file(cmd, environ)
+    if is_oke_token_request(cmd.oci_args):
+        if cmd.woci.get("no_cache"):
+            return None
+        output = cached_credential(paths, credential_cache_key(config_file, profile,
+                                                                cmd.oci_args), now)
+        return FastAnswer(None, None, output) if output is not None else None
+    if not session_is_fresh(read_session_token(paths), now, EXPIRY_MARGIN_SECONDS) or \
+            not _fast_profile_points_here(config_file, profile, paths, environ):
+        return None
+    manager = _fast_manager_values(cmd, environ, config_file, profile)
+    if manager is None:
+        return None
+    try:
+        if parse_bool(manager.get("auto_refresh") or "false"):
+            return None
+    except ValueError:
+        return None
+    if action is OciAction.NONE:
+        return FastAnswer(None, None, None)
+    passphrase_env = cmd.woci.get("refresh_token_passphrase_env") or \
+        manager.get("refresh_token_passphrase_env")
+    env = scrubbed_environment(environ, str(passphrase_env) if passphrase_env else None)
+    return FastAnswer(build_oci_argv(cmd.oci_args, profile), env, None)
+
+
+def store_credential(paths: SessionPaths, key: list[str], output: bytes) -> None:
+    """Keep oci's ExecCredential for later calls with the same arguments, until its
+    status.expirationTimestamp; an answer without one is not kept."""
+    import datetime
+
+    try:
+        text = output.decode("utf-8")
+        stamp = json.loads(text)["status"]["expirationTimestamp"]
+        moment = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        log().info("not caching oci's answer: it has no readable expirationTimestamp (%s)",
+                   type(exc).__name__)
+        return
+    entry = {"version": 1, "key": key, "expires_at": moment.timestamp(), "output": text}
+    try:
+        ensure_private_folder(paths.credential_cache)
+        atomic_write(credential_cache_path(paths, key), json.dumps(entry).encode("utf-8"))
+    except StorageError as exc:
+        log().warning("cannot cache the OKE credential: %s", exc)
+
+
+def clear_credential_cache(paths: SessionPaths) -> None:
+    """Forget every cached OKE credential of the profile (a new sign-in, a logout)."""
+    import shutil
+
+    try:
+        shutil.rmtree(paths.credential_cache)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StorageError(f"cannot clear {paths.credential_cache}: "
+                           f"{describe_os_error(exc)}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# 6. HTTP and OpenID Connect
 # --------------------------------------------------------------------------------------------
 
 
-class TokenResponse(NamedTuple):
-    access_token: str
-    refresh_token: Optional[str]
+class TokenResponse(collections.namedtuple("TokenResponse", "access_token refresh_token")):
+    """A token endpoint's answer: the access token, and the refresh token if one came."""
+
+    __slots__ = ()
 
 
 def _no_netrc(request):
@@ -1402,7 +1662,7 @@ def _short_cause(exc: BaseException) -> str:
     return text[:200]
 
 
-def _parse_oauth_answer(response, url: str, what: str, skew: Optional[float]) -> dict:
+def _parse_oauth_answer(response, url: str, what: str, skew: float | None) -> dict:
     note = clock_skew_note(skew, "the server")
     try:
         document = response.json()
@@ -1422,26 +1682,30 @@ def _parse_oauth_answer(response, url: str, what: str, skew: Optional[float]) ->
 
 
 def post_form(url: str, form: Mapping[str, str], what: str,
-              basic: Optional[Tuple[str, str]] = None,
+              basic: tuple[str, str] | None = None,
               now: Callable[[], float] = time.time,
               sleep: Callable[[float], None] = time.sleep,
-              jitter: Callable[[], float] = random.random,
-              ca_bundle: Optional[str] = None) -> dict:
+              jitter: Callable[[], float] | None = None,
+              ca_bundle: str | None = None) -> dict:
     """POST a form and return the JSON answer, retrying what a retry can fix.
 
     Timeouts, refused connections, 429 and 5xx are retried with exponential backoff and
     jitter (honouring Retry-After). An OAuth error object raises OAuthError; anything else
     that is not JSON raises HttpError naming the endpoint.
     """
+    import random
+
     import requests
+
+    jitter = jitter or random.random
 
     # Without a bundle of its own, requests reads REQUESTS_CA_BUNDLE and proxies from env.
     tls = {"verify": ca_bundle} if ca_bundle else {}
     last_problem = ""
-    skew: Optional[float] = None
+    skew: float | None = None
     for attempt in range(HTTP_ATTEMPTS):
         if attempt:
-            LOG.info("retrying %s (%s)", what, last_problem)
+            log().info("retrying %s (%s)", what, last_problem)
         try:
             with requests.Session() as session:
                 response = session.post(
@@ -1458,7 +1722,7 @@ def post_form(url: str, form: Mapping[str, str], what: str,
             raise HttpError(f"cannot call the {what} at {url}: {_short_cause(exc)}") from exc
         else:
             skew = clock_skew_seconds(response.headers.get("Date"), now())
-            LOG.debug("%s answered HTTP %s", what, response.status_code)
+            log().debug("%s answered HTTP %s", what, response.status_code)
             if response.status_code not in RETRYABLE_STATUSES:
                 return _parse_oauth_answer(response, url, what, skew)
             last_problem = f"HTTP {response.status_code}"
@@ -1469,7 +1733,7 @@ def post_form(url: str, form: Mapping[str, str], what: str,
                     f"{last_problem}; try again later" + clock_skew_note(skew, "the server"))
 
 
-def _client_auth(settings: Settings) -> Optional[Tuple[str, str]]:
+def _client_auth(settings: Settings) -> tuple[str, str] | None:
     if settings.auth_client_secret:
         return settings.auth_client_id, settings.auth_client_secret
     return None
@@ -1512,9 +1776,10 @@ def refresh_grant(settings: Settings, refresh_token: str) -> TokenResponse:
 # --- the browser sign-in ---------------------------------------------------------------------
 
 
-class CallbackResult(NamedTuple):
-    code: Optional[str]
-    error: Optional[str]
+class CallbackResult(collections.namedtuple("CallbackResult", "code error")):
+    """The sign-in's answer at the callback: a code, or what went wrong."""
+
+    __slots__ = ()
 
 
 CALLBACK_PAGE = """<!doctype html>
@@ -1526,6 +1791,8 @@ h1{{font-size:1.4em}}</style></head>
 
 
 def callback_page(title: str, message: str) -> bytes:
+    import html
+
     return CALLBACK_PAGE.format(title=html.escape(title), message=html.escape(message)).encode()
 
 
@@ -1533,13 +1800,15 @@ WRONG_STATE = ("This answer did not come from woci's sign-in (its state is wrong
                "so woci ignored it. Finish the sign-in in the tab woci opened.")
 
 
-def evaluate_callback(query: Mapping[str, List[str]], expected_state: str
-                      ) -> Optional[CallbackResult]:
+def evaluate_callback(query: Mapping[str, list[str]], expected_state: str
+                      ) -> CallbackResult | None:
     """What one request to the callback path means: None when it is not woci's answer.
 
     Any web page can make the browser send a request here; only the right state proves it
     came back from woci's own authorization request, so nothing else ends the sign-in.
     """
+    import secrets
+
     state = (query.get("state") or [""])[0]
     if not secrets.compare_digest(state.encode(), expected_state.encode()):
         return None
@@ -1563,12 +1832,13 @@ def open_callback_server(port: int, path: str, state: str):
     costs a run with a valid session a third of woci's start-up.
     """
     import http.server
+    import urllib.parse
 
     class CallbackServer(http.server.ThreadingHTTPServer):
         expected_path, expected_state = path, state
         daemon_threads = True
         block_on_close = False   # a dribbling client must not hold up the close
-        result: Optional[CallbackResult] = None
+        result: CallbackResult | None = None
 
         def __init__(self, *args):
             super().__init__(*args)
@@ -1598,7 +1868,7 @@ def open_callback_server(port: int, path: str, state: str):
             result = evaluate_callback(urllib.parse.parse_qs(parts.query),
                                        self.server.expected_state)
             if result is None or not self.server.take(result):
-                LOG.warning("ignored a request to the sign-in callback that did not come from "
+                log().warning("ignored a request to the sign-in callback that did not come from "
                             "this sign-in (wrong or missing state)")
                 self._answer(400, callback_page("Not woci's sign-in", WRONG_STATE))
             elif result.code:
@@ -1618,7 +1888,7 @@ def open_callback_server(port: int, path: str, state: str):
 
         def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's name
             # The request line holds the authorization code: never log it.
-            LOG.debug("callback answered a request")
+            log().debug("callback answered a request")
 
     try:
         return CallbackServer(("127.0.0.1", port), CallbackHandler)
@@ -1653,18 +1923,22 @@ def launch_browser(url: str) -> bool:
     while the browser is still open.
     """
     code = "import sys, webbrowser; sys.exit(0 if webbrowser.open(sys.argv[1]) else 1)"
+    import subprocess
+
     try:
         subprocess.Popen([sys.executable, "-c", code, url], stdin=subprocess.DEVNULL,
                          stdout=sys.stderr.fileno(), start_new_session=True)
     except OSError as exc:
-        LOG.warning("cannot start a browser: %s", exc.strerror)
+        log().warning("cannot start a browser: %s", exc.strerror)
         return False
     return True
 
 
 def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] = launch_browser
-                    ) -> Tuple[str, str]:
+                    ) -> tuple[str, str]:
     """Authorization Code + PKCE in the browser: the authorization code and the verifier."""
+    import secrets
+
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(32)
     params = {"response_type": "code", "client_id": settings.auth_client_id,
@@ -1689,7 +1963,7 @@ def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] = la
 
 
 # --------------------------------------------------------------------------------------------
-# 6. Token exchange: the session key and the UPST
+# 7. Token exchange: the session key and the UPST
 # --------------------------------------------------------------------------------------------
 
 
@@ -1702,13 +1976,13 @@ def load_private_key(path: Path):
     try:
         key = serialization.load_pem_private_key(raw, password=None)
     except (ValueError, TypeError) as exc:
-        LOG.warning("the session key %s is unusable (%s); making a new one", path,
+        log().warning("the session key %s is unusable (%s); making a new one", path,
                     one_line(exc) or type(exc).__name__)
         return None
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     if not isinstance(key, rsa.RSAPrivateKey):
-        LOG.warning("the session key %s is not an RSA key; making a new one", path)
+        log().warning("the session key %s is not an RSA key; making a new one", path)
         return None
     return key
 
@@ -1790,7 +2064,7 @@ def request_upst(settings: Settings, access_token: str, key,
 
 
 # --------------------------------------------------------------------------------------------
-# 7. The session: getting a valid UPST onto disk
+# 8. The session: getting a valid UPST onto disk
 # --------------------------------------------------------------------------------------------
 
 
@@ -1802,26 +2076,22 @@ class Renewal(enum.Enum):
     SIGN_IN = "sign-in"    # `session authenticate`: a fresh sign-in
 
 
-@dataclasses.dataclass(frozen=True)
-class Session:
+class Session(collections.namedtuple(
+        "Session", "settings environ paths refresh_tokens can_sign_in open_browser now",
+        defaults=(launch_browser, time.time))):
     """One profile's session and what may be done to renew it.
 
     can_sign_in is decided once, by whoever opens the session: false when the settings say
     nobody is there (--non-interactive, CI) and in the background (the daemon, the
-    auto-refresh thread), where nobody could answer a browser.
+    auto-refresh thread), where nobody could answer a browser. open_browser and now are the
+    seams tests replace.
     """
 
-    settings: Settings
-    environ: Mapping[str, str]
-    paths: SessionPaths
-    refresh_tokens: RefreshTokenStore
-    can_sign_in: bool
-    open_browser: Callable[[str], bool] = launch_browser
-    now: Callable[[], float] = time.time
+    __slots__ = ()
 
     @classmethod
     def open(cls, settings: Settings, environ: Mapping[str, str],
-             passphrase: Optional[PassphraseSource] = None, background: bool = False,
+             passphrase: PassphraseSource | None = None, background: bool = False,
              **seams) -> "Session":
         paths = SessionPaths.for_profile(settings.profile, environ)
         store = RefreshTokenStore(paths.refresh_token,
@@ -1831,7 +2101,7 @@ class Session:
 
     def in_background(self) -> "Session":
         """The same session for a renewer that nobody watches: it never signs in."""
-        return dataclasses.replace(self, can_sign_in=False)
+        return self._replace(can_sign_in=False)
 
     @property
     def passphrase(self) -> PassphraseSource:
@@ -1852,7 +2122,7 @@ def _profile_points_here(session: Session) -> bool:
     return profile_is_wired(config, session.settings.profile, session.paths, session.environ)
 
 
-def _point_profile_here(session: Session, token: Optional[str]) -> None:
+def _point_profile_here(session: Session, token: str | None) -> None:
     """Point the profile at a session another woci just made, if it does not yet."""
     if not token or _profile_points_here(session):
         return
@@ -1878,33 +2148,33 @@ def _prepare_refresh_token_storage(session: Session) -> None:
             f"`woci --profile {session.settings.profile} --logout` to start over unencrypted)")
 
 
-def _refresh_grant_or_none(settings: Settings, refresh_token: str) -> Optional[TokenResponse]:
+def _refresh_grant_or_none(settings: Settings, refresh_token: str) -> TokenResponse | None:
     try:
         return refresh_grant(settings, refresh_token)
     except GrantRefused:
         return None
 
 
-def _refresh(session: Session) -> Optional[TokenResponse]:
+def _refresh(session: Session) -> TokenResponse | None:
     """The refresh grant with the stored token, its successor saved at once (before the
     exchange can fail); None when only a sign-in can help."""
     store = session.refresh_tokens
     presented = store.load()
     if presented is None:
-        LOG.info("no refresh token stored for profile %s", session.settings.profile)
+        log().info("no refresh token stored for profile %s", session.settings.profile)
         return None
     tokens = _refresh_grant_or_none(session.settings, presented)
     if tokens is None:
         again = store.load()
         if again is not None and again != presented:
-            LOG.info("the refresh token was rotated by another process; retrying with it")
+            log().info("the refresh token was rotated by another process; retrying with it")
             presented, tokens = again, _refresh_grant_or_none(session.settings, again)
     if tokens is None:
-        LOG.warning("the provider refused the stored refresh token; a new sign-in is needed")
+        log().warning("the provider refused the stored refresh token; a new sign-in is needed")
         return None
     if tokens.refresh_token and tokens.refresh_token != presented:
         store.save(tokens.refresh_token)
-    LOG.info("renewing the session of profile %s without a browser", session.settings.profile)
+    log().info("renewing the session of profile %s without a browser", session.settings.profile)
     return tokens
 
 
@@ -1916,7 +2186,7 @@ def _sign_in(session: Session) -> TokenResponse:
     if tokens.refresh_token:
         session.refresh_tokens.save(tokens.refresh_token)
     else:
-        LOG.warning("the provider issued no refresh token (was offline_access granted? "
+        log().warning("the provider issued no refresh token (was offline_access granted? "
                     "some providers want prompt = consent); the next renewal will need "
                     "the browser again")
     return tokens
@@ -1936,7 +2206,7 @@ def _complete(session: Session, config: configparser.ConfigParser, access_token:
     if isinstance(iat, (int, float)) and not isinstance(iat, bool):
         note = clock_skew_note(session.now() - iat, "OCI")
         if note:
-            LOG.warning("the new session token was issued at a time that%s", note)
+            log().warning("the new session token was issued at a time that%s", note)
     if created:
         atomic_write(key_path, private_key_pem(key))
     atomic_write(paths.public_key, public_key_pem(key))
@@ -1975,7 +2245,7 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
             _point_profile_here(session, state.token)
             return state
         if state.problem:
-            LOG.warning("%s; getting a new one", state.problem)
+            log().warning("%s; getting a new one", state.problem)
         # An OCI config woci could not update must stop it before a refresh or a sign-in.
         _, config = read_oci_config(settings.oci_config_file)
         _prepare_refresh_token_storage(session)
@@ -1987,7 +2257,7 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
 
 
 # --------------------------------------------------------------------------------------------
-# 8. Background refresh: the auto-refresh thread and the daemon
+# 9. Background refresh: the auto-refresh thread and the daemon
 # --------------------------------------------------------------------------------------------
 
 def renewal_lead(state: TokenState, safety_window: float) -> float:
@@ -2005,12 +2275,10 @@ def renewal_lead(state: TokenState, safety_window: float) -> float:
 FATAL_IN_BACKGROUND = (SignInNeeded, RefreshTokenError, ConfigError)
 
 
-class RenewalRecord(NamedTuple):
+class RenewalRecord(collections.namedtuple("RenewalRecord", "time ok message")):
     """The outcome of the background's last renewal, as --daemon-status shows it."""
 
-    time: float
-    ok: bool
-    message: str
+    __slots__ = ()
 
 
 class Renewer:
@@ -2026,7 +2294,7 @@ class Renewer:
         self.safety_window, self.ensure = safety_window, ensure
         self.now = session.now
         self.failures = 0
-        self.last: Optional[RenewalRecord] = None
+        self.last: RenewalRecord | None = None
 
     def read_token(self) -> TokenState:
         return read_session_token(self.session.paths)
@@ -2045,12 +2313,12 @@ class Renewer:
                 self.last = RenewalRecord(self.now(), False, str(exc))
                 delay = min(BACKGROUND_RETRY_MAX_SECONDS,
                             BACKGROUND_RETRY_FIRST_SECONDS * 2 ** (self.failures - 1))
-                LOG.warning("renewal failed, retrying in %s: %s", format_duration(delay), exc)
+                log().warning("renewal failed, retrying in %s: %s", format_duration(delay), exc)
                 return delay
             self.failures = 0
             valid_until = format_timestamp(state.expires_at or 0)
             self.last = RenewalRecord(self.now(), True, f"valid until {valid_until}")
-            LOG.info("session of profile %s valid until %s", self.session.settings.profile,
+            log().info("session of profile %s valid until %s", self.session.settings.profile,
                      valid_until)
         return max(0.0, min(self.next_due(state) - self.now(), BACKGROUND_MAX_SLEEP_SECONDS))
 
@@ -2073,7 +2341,7 @@ class AutoRefreshThread(threading.Thread):
             try:
                 wait = self.renewer.step()
             except WociError as exc:
-                LOG.error("auto-refresh stopped: %s", exc)
+                log().error("auto-refresh stopped: %s", exc)
                 return
             self.stopping.wait(wait)
 
@@ -2095,7 +2363,7 @@ class PidFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self.fd: Optional[int] = None
+        self.fd: int | None = None
 
     def acquire(self) -> bool:
         """Lock and write our pid; False if a live daemon holds it."""
@@ -2128,7 +2396,7 @@ class PidFile:
             os.close(self.fd)
             self.fd = None
 
-    def _open(self) -> Optional[int]:
+    def _open(self) -> int | None:
         try:
             return os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -2145,7 +2413,7 @@ class PidFile:
             return True
         return False
 
-    def holder(self) -> Optional[int]:
+    def holder(self) -> int | None:
         """The pid of the live daemon, or None when none holds the file. Changes nothing."""
         fd = self._open()
         if fd is None:
@@ -2169,7 +2437,7 @@ class PidFile:
         try:
             if self._held(fd):
                 return False
-            LOG.warning("removing a stale pid file %s (its daemon is gone)", self.path)
+            log().warning("removing a stale pid file %s (its daemon is gone)", self.path)
             try:
                 self.path.unlink()
             except FileNotFoundError:
@@ -2179,14 +2447,14 @@ class PidFile:
             os.close(fd)
 
 
-class DaemonState(NamedTuple):
-    """What the daemon tells --daemon-status through its state file: written and read here."""
+class DaemonState(collections.namedtuple("DaemonState",
+                                         "pid profile expires_at next_check last")):
+    """What the daemon tells --daemon-status through its state file: written and read here.
 
-    pid: int
-    profile: str
-    expires_at: Optional[int]
-    next_check: Optional[float]
-    last: Optional[RenewalRecord]
+    last is the RenewalRecord of the last renewal, or None before the first.
+    """
+
+    __slots__ = ()
 
     def write(self, path: Path) -> None:
         last = self.last._asdict() if self.last else None
@@ -2195,7 +2463,7 @@ class DaemonState(NamedTuple):
         atomic_write(path, json.dumps(document).encode())
 
     @classmethod
-    def read(cls, path: Path) -> Optional["DaemonState"]:
+    def read(cls, path: Path) -> "DaemonState" | None:
         """The state, or None when the file is missing or holds anything unexpected."""
         try:
             document = json.loads(read_file_if_present(path) or b"null")
@@ -2204,7 +2472,7 @@ class DaemonState(NamedTuple):
         if not isinstance(document, dict):
             return None
 
-        def number(value: object) -> Optional[float]:
+        def number(value: object) -> float | None:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             return value if ok else None  # type: ignore[return-value]
 
@@ -2227,7 +2495,7 @@ def write_daemon_state(paths: SessionPaths, renewer: Renewer, state: TokenState,
     try:
         record.write(paths.daemon_state)
     except StorageError as exc:
-        LOG.warning("%s", exc)
+        log().warning("%s", exc)
 
 
 # The steps of becoming a daemon, each its own: fork, setsid, fork, umask, chdir, stdio.
@@ -2277,11 +2545,11 @@ def daemon_loop(renewer: Renewer, paths: SessionPaths, stopping: threading.Event
         try:
             wait = renewer.step()
         except WociError as exc:
-            LOG.error("daemon stopping: %s", exc)
+            log().error("daemon stopping: %s", exc)
             return EXIT_FAILURE
         write_daemon_state(paths, renewer, renewer.read_token(), renewer.now() + wait)
         stopping.wait(wait)
-    LOG.info("daemon stopped by a signal")
+    log().info("daemon stopped by a signal")
     return EXIT_OK
 
 
@@ -2306,7 +2574,7 @@ def _run_daemon(renewer: Renewer, paths: SessionPaths, ready_fd: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stopping.set())
     _report_to_parent(ready_fd, f"ok {os.getpid()}")
-    LOG.info("daemon started for profile %s (pid %d)", settings.profile, os.getpid())
+    log().info("daemon started for profile %s (pid %d)", settings.profile, os.getpid())
     try:
         return daemon_loop(renewer, paths, stopping)
     finally:
@@ -2325,12 +2593,14 @@ def _become_daemon(renewer: Renewer, paths: SessionPaths, ready_fd: int) -> None
         _redirect_stdio(paths.daemon_log)
         code = _run_daemon(renewer, paths, ready_fd)
     except BaseException:  # the log is all a detached process has
-        LOG.exception("daemon crashed")
+        log().exception("daemon crashed")
     finally:
         os._exit(code)
 
 
 def _read_with_deadline(fd: int, timeout: float) -> str:
+    import select
+
     deadline = time.monotonic() + timeout
     data = b""
     while time.monotonic() < deadline:
@@ -2366,7 +2636,7 @@ def start_daemon(renewer: Renewer, paths: SessionPaths) -> int:
     raise DaemonError(f"the daemon did not start; see {paths.daemon_log}")
 
 
-def daemon_status_report(paths: SessionPaths, profile: str, now: float) -> Tuple[int, str]:
+def daemon_status_report(paths: SessionPaths, profile: str, now: float) -> tuple[int, str]:
     pid_file = PidFile(paths.pid)
     stale = pid_file.remove_stale()
     pid = pid_file.holder()
@@ -2438,7 +2708,7 @@ def stop_daemon(paths: SessionPaths, profile: str,
         if stopped():
             return pid
         sleep(0.1)
-    LOG.warning("daemon %d did not stop within %s; killing it", pid,
+    log().warning("daemon %d did not stop within %s; killing it", pid,
                 format_duration(DAEMON_STOP_TIMEOUT_SECONDS))
     _signal_daemon(pid, signal.SIGKILL)
     deadline = time.monotonic() + DAEMON_STOP_TIMEOUT_SECONDS
@@ -2448,31 +2718,14 @@ def stop_daemon(paths: SessionPaths, profile: str,
 
 
 # --------------------------------------------------------------------------------------------
-# 9. Running oci (or --exec's command)
+# 10. Running oci (or --exec's command)
 # --------------------------------------------------------------------------------------------
 
 
-def _has_option(args: List[str], name: str) -> bool:
-    return any(arg == name or arg.startswith(name + "=") for arg in args)
-
-
-def build_oci_argv(oci_args: List[str], profile: str) -> List[str]:
-    argv = ["oci"]
-    if not _has_option(oci_args, "--profile"):
-        argv += ["--profile", profile]
-    if not _has_option(oci_args, "--auth"):
-        argv += ["--auth", "security_token"]
-    return argv + list(oci_args)
-
-
 def child_environment(environ: Mapping[str, str], settings: Settings,
-                      point_at_session: bool = False) -> Dict[str, str]:
-    """The environment of oci or --exec's command: woci's environment without the secrets
-    woci was given through it, and for --exec the variables that point oci at the session."""
-    secret_variables = {spec.env for spec in SETTING_OPTIONS if spec.secret and spec.env}
-    if settings.refresh_token_passphrase_env:
-        secret_variables.add(settings.refresh_token_passphrase_env)
-    env = {name: value for name, value in environ.items() if name not in secret_variables}
+                      point_at_session: bool = False) -> dict[str, str]:
+    """scrubbed_environment, and for --exec the variables that point oci at the session."""
+    env = scrubbed_environment(environ, settings.refresh_token_passphrase_env)
     if point_at_session:
         env.update({"OCI_CLI_PROFILE": settings.profile,
                     "OCI_CLI_CONFIG_FILE": str(settings.oci_config_file.absolute()),
@@ -2480,7 +2733,7 @@ def child_environment(environ: Mapping[str, str], settings: Settings,
     return env
 
 
-def exec_oci(argv: List[str], env: Mapping[str, str]) -> None:
+def exec_oci(argv: list[str], env: Mapping[str, str]) -> None:
     """Replace this process with oci: its exit code and signals become the caller's directly."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -2505,13 +2758,18 @@ def _terminal_reaches_child() -> bool:
         return False
 
 
-def run_child(argv: List[str], env: Mapping[str, str], refresher: Optional[AutoRefreshThread]
-              ) -> int:
-    """Run argv as a child with signals forwarded; its exit code (128+N if killed by N)."""
+def run_child(argv: list[str], env: Mapping[str, str], refresher: AutoRefreshThread | None,
+              captured: bytearray | None = None) -> int:
+    """Run argv as a child with signals forwarded; its exit code (128+N if killed by N).
+
+    With captured, the child's stdout is collected there instead of reaching ours.
+    """
+    import subprocess
+
     sys.stdout.flush()
-    children: List[subprocess.Popen] = []
+    children: list[subprocess.Popen] = []
     # Signals that arrive while the child is being started wait here for it.
-    early: List[int] = []
+    early: list[int] = []
 
     def forward(signum, _frame):
         if signum in TERMINAL_SIGNALS and _terminal_reaches_child():
@@ -2527,7 +2785,8 @@ def run_child(argv: List[str], env: Mapping[str, str], refresher: Optional[AutoR
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
         try:
-            children.append(subprocess.Popen(argv, env=dict(env)))
+            children.append(subprocess.Popen(
+                argv, env=dict(env), stdout=subprocess.PIPE if captured is not None else None))
         except FileNotFoundError as exc:
             raise WociError(f"{argv[0]} not found on PATH", EXIT_OCI_NOT_FOUND) from exc
         except OSError as exc:
@@ -2537,6 +2796,8 @@ def run_child(argv: List[str], env: Mapping[str, str], refresher: Optional[AutoR
         if refresher is not None:
             refresher.start()
         try:
+            if captured is not None:
+                captured += children[0].communicate()[0]
             code = children[0].wait()
         finally:
             if refresher is not None:
@@ -2548,7 +2809,7 @@ def run_child(argv: List[str], env: Mapping[str, str], refresher: Optional[AutoR
 
 
 # --------------------------------------------------------------------------------------------
-# 10. Command line interface
+# 11. Command line interface
 # --------------------------------------------------------------------------------------------
 
 EXAMPLES = """\
@@ -2572,7 +2833,7 @@ def help_text() -> str:
         description="Keep an OCI session token (UPST) valid from your OpenID provider, then run "
                     "`oci --auth security_token` with your arguments.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
-    groups: Dict[str, argparse._ArgumentGroup] = {}
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for spec in OPTIONS:
         group = groups.setdefault(spec.group, parser.add_argument_group(spec.group))
         flags = [name for name in (spec.alias, spec.flag) if name]
@@ -2592,13 +2853,13 @@ def load_settings(cmd: CommandLine, environ: Mapping[str, str]) -> Settings:
     configure_logging(settings.log_level)
     warn_if_secrets_exposed(path, ini)
     for flag in cmd.secret_flags:
-        LOG.warning("%s on the command line is visible to every user of this machine (ps); "
+        log().warning("%s on the command line is visible to every user of this machine (ps); "
                     "put it in the manager INI (mode 0600) or env %s instead", flag,
                     OPTIONS_BY_FLAG[flag].env)
     return settings
 
 
-def auto_refresher(session: Session) -> Optional[AutoRefreshThread]:
+def auto_refresher(session: Session) -> AutoRefreshThread | None:
     if not session.settings.auto_refresh:
         return None
     if session.passphrase.configured:
@@ -2610,10 +2871,27 @@ RENEWAL_FOR_ACTION = {OciAction.AUTHENTICATE: Renewal.SIGN_IN,
                       OciAction.REFRESH: Renewal.REFRESH}
 
 
+def run_oke_token_request(cmd: CommandLine, session: Session, argv: list[str],
+                          env: Mapping[str, str], refresher: AutoRefreshThread | None) -> int:
+    """oci's ExecCredential passed on byte for byte, and kept for kubectl's next calls."""
+    output = bytearray()
+    code = run_child(argv, env, refresher, captured=output)
+    sys.stdout.buffer.write(output)
+    sys.stdout.flush()
+    if code == 0:
+        settings = session.settings
+        store_credential(session.paths, credential_cache_key(settings.oci_config_file,
+                                                             settings.profile, cmd.oci_args),
+                         bytes(output))
+    return code
+
+
 def run_oci_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, str]) -> int:
     session = Session.open(settings, environ)
     action = oci_action(cmd.oci_args)
     state = ensure_session(session, renewal=RENEWAL_FOR_ACTION.get(action, Renewal.IF_NEEDED))
+    if action is OciAction.AUTHENTICATE:
+        clear_credential_cache(session.paths)   # credentials of the old sign-in
     if action is not OciAction.RUN:
         if action is not OciAction.NONE:
             print(f"woci: the session of profile {settings.profile} is valid until "
@@ -2622,6 +2900,8 @@ def run_oci_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, str
     argv = build_oci_argv(cmd.oci_args, settings.profile)
     env = child_environment(environ, settings)
     refresher = auto_refresher(session)
+    if is_oke_token_request(cmd.oci_args):
+        return run_oke_token_request(cmd, session, argv, env, refresher)
     if refresher is None:
         exec_oci(argv, env)
     return run_child(argv, env, refresher)
@@ -2688,15 +2968,27 @@ def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     return run_oci_mode(cmd, settings, environ)
 
 
-def main(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:
+def give_fast_answer(answer: FastAnswer) -> int:
+    if answer.output is not None:
+        sys.stdout.buffer.write(answer.output)
+        sys.stdout.flush()
+    elif answer.oci_argv is not None:
+        exec_oci(answer.oci_argv, answer.env)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """woci's whole run; the one place a WociError becomes an exit code."""
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
-    configure_logging(DEFAULT_LOG_LEVEL)
     try:
+        answer = fast_path(argv, environ, time.time())
+        if answer is not None:
+            return give_fast_answer(answer)
+        configure_logging(DEFAULT_LOG_LEVEL)
         return run(split_command_line(argv), environ)
     except WociError as exc:
-        LOG.debug("failure details", exc_info=True)
+        log().debug("failure details", exc_info=True)
         print(f"woci: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

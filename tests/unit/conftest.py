@@ -13,10 +13,10 @@ def plain_woci_logger():
     that so caplog sees woci's warnings and no handler outlives its captured stream."""
 
     def reset():
-        for handler in list(woci.LOG.handlers):
-            woci.LOG.removeHandler(handler)
-        woci.LOG.propagate = True
-        woci.LOG.setLevel(logging.NOTSET)
+        for handler in list(woci.log().handlers):
+            woci.log().removeHandler(handler)
+        woci.log().propagate = True
+        woci.log().setLevel(logging.NOTSET)
 
     reset()
     yield

@@ -1,0 +1,200 @@
+"""Section 5: the fast path (a valid session answered from two small files) and the OKE
+credential cache, on real files in a throw-away HOME."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import oci_upst_session_manager as woci
+from tests.unit.fakes import unsigned_jwt
+
+NOW = 1_900_000_000
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A machine with a valid session for profile dev, wired in ~/.oci/config."""
+    session = tmp_path / ".oci" / "sessions" / "dev"
+    session.mkdir(parents=True)
+    (session / "token").write_text(unsigned_jwt({"exp": NOW + 3000}))
+    (tmp_path / ".oci" / "config").write_text(
+        f"[DEFAULT]\nregion = us-ashburn-1\n\n[dev]\nkey_file = {session}/oci_api_key.pem\n"
+        f"security_token_file = {session}/token\n")
+    return tmp_path
+
+
+def answer(home, *argv, now=NOW, **environ):
+    return woci.fast_path(list(argv), {"HOME": str(home), "PATH": "/usr/bin", **environ}, now)
+
+
+def test_valid_wired_session_execs_oci_with_the_profile(home):
+    """The answer is oci's argv, as the full way would build it, and nothing else to do."""
+    result = answer(home, "--profile", "dev", "os", "ns", "get")
+    assert result.oci_argv == ["oci", "--auth", "security_token", "--profile", "dev",
+                               "os", "ns", "get"]
+    assert result.output is None and result.env["HOME"] == str(home)
+
+
+def test_no_oci_command_is_nothing_to_do(home):
+    assert answer(home, "--profile", "dev") == (None, None, None)
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--profile", "dev", "session", "authenticate"], "a session command"),
+    (["--profile", "dev", "session", "refresh"], "a session command"),
+    (["--auto-refresh", "--profile", "dev", "os", "ns", "get"], "--auto-refresh"),
+    (["--daemon", "--profile", "dev"], "a mode"),
+    (["--client-secret", "s", "--profile", "dev", "os", "ns", "get"], "a secret flag"),
+    (["--profile", "dev", "--scope"], "bad arguments"),
+    (["--profile", "../x", "os", "ns", "get"], "a profile that is no folder name"),
+    (["--profile", "other", "os", "ns", "get"], "no session"),
+])
+def test_what_the_fast_path_leaves_to_the_full_way(home, argv, why):
+    assert answer(home, *argv) is None, why
+
+
+def test_a_session_about_to_expire_goes_the_full_way(home):
+    assert answer(home, "--profile", "dev", "os", "ns", "get", now=NOW + 2950) is None
+
+
+@pytest.mark.parametrize("config", [
+    "[dev]\nsecurity_token_file = /elsewhere/token\nkey_file = /k\n",
+    "[dev]\nkey_file = /k\n",
+    "[prod]\nkey_file = /k\nsecurity_token_file = {token}\n",
+    # the [dev] hidden in a comment line is no section to configparser, nor here
+    "[DEFAULT]\n# note\x85[dev]\nkey_file = /k\n",
+])
+def test_an_unwired_profile_goes_the_full_way(home, config):
+    token = home / ".oci" / "sessions" / "dev" / "token"
+    (home / ".oci" / "config").write_text(config.format(token=token))
+    assert answer(home, "--profile", "dev", "os", "ns", "get") is None
+
+
+def test_default_section_is_every_profiles_base_as_in_oci(home):
+    token = home / ".oci" / "sessions" / "dev" / "token"
+    (home / ".oci" / "config").write_text(
+        f"[DEFAULT]\nkey_file = /k\nsecurity_token_file = {token}\n[dev]\nregion = r\n")
+    assert answer(home, "--profile", "dev", "os", "ns", "get").oci_argv is not None
+
+
+def test_manager_ini_auto_refresh_and_passphrase_variable_are_honoured(home):
+    """auto_refresh = true in the INI: the full way (oci as a child); the passphrase variable
+    and WOCI_*_SECRET never reach oci's environment."""
+    ini = home / ".oci" / "woci_manager.ini"
+    ini.write_text("[COMMON]\nrefresh_token_passphrase_env = MY_PASS\n[dev]\nauto_refresh = no\n")
+    env = answer(home, "--profile", "dev", "os", "ns", "get", MY_PASS="p", WOCI_CLIENT_SECRET="s",
+                 WOCI_AUTH_CLIENT_SECRET="a", KEEP="k").env
+    assert "MY_PASS" not in env and "WOCI_CLIENT_SECRET" not in env
+    assert "WOCI_AUTH_CLIENT_SECRET" not in env and env["KEEP"] == "k"
+
+    ini.write_text("[dev]\nauto_refresh = true\n")
+    assert answer(home, "--profile", "dev", "os", "ns", "get") is None
+    ini.write_text("[dev]\nauto_refresh = maybe\n")
+    assert answer(home, "--profile", "dev", "os", "ns", "get") is None
+
+
+def test_an_explicit_manager_ini_that_is_missing_goes_the_full_way(home):
+    assert answer(home, "--manager-config", str(home / "nope.ini"), "--profile", "dev",
+                  "os", "ns", "get") is None
+
+
+def test_ini_sections_reads_one_line_values_like_configparser():
+    text = "[a]\nk = v\n  continued\nx: y = z\n; comment = no\n[b]\nk = other\n[a]\nk2=w\r\n"
+    assert woci.ini_sections(text, ("a",)) == {"a": {"k": "v", "x": "y = z", "k2": "w"}}
+
+
+# --- the OKE credential cache ------------------------------------------------------------------
+
+
+def credential(expires):
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+    return json.dumps({"kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1beta1",
+                       "status": {"token": "t", "expirationTimestamp": stamp}}).encode() + b"\n  "
+
+
+OKE_ARGS = ["--profile", "dev", "ce", "cluster", "generate-token", "--cluster-id", "c1"]
+
+
+def store(home, output, args=OKE_ARGS):
+    paths = woci.SessionPaths.for_profile("dev", {"HOME": str(home)})
+    key = woci.credential_cache_key(home / ".oci" / "config", "dev", args)
+    woci.store_credential(paths, key, output)
+    return woci.credential_cache_path(paths, key)
+
+
+def test_a_stored_credential_is_given_back_byte_for_byte_until_30_s_before_it_expires(home):
+    now = time.time()
+    output = credential(now + 240)
+    entry = store(home, output)
+    assert entry.stat().st_mode & 0o777 == 0o600
+
+    assert answer(home, *OKE_ARGS, now=now).output == output
+    assert answer(home, *OKE_ARGS, now=now + 205).output == output   # 34-35 s left
+    assert answer(home, *OKE_ARGS, now=now + 215) is None             # 24-25 s left
+
+
+def test_the_cache_is_keyed_by_every_argument_and_bypassed_with_no_cache(home):
+    now = time.time()
+    store(home, credential(now + 240))
+    assert answer(home, *OKE_ARGS[:-1], "c2", now=now) is None
+    assert answer(home, "--no-cache", *OKE_ARGS, now=now) is None
+
+
+def test_an_expired_session_does_not_stop_a_valid_cached_credential(home):
+    """The credential is signed already: it stays good for its own life."""
+    now = time.time()
+    output = credential(now + 240)
+    store(home, output)
+    assert answer(home, *OKE_ARGS, now=now + 100).output == output
+
+
+@pytest.mark.parametrize("output", [b"not json", b'{"status": {}}',
+                                    b'{"status": {"expirationTimestamp": "soon"}}', b"\xff"])
+def test_an_answer_without_a_readable_expiry_is_not_kept(home, output):
+    entry = store(home, output)
+    assert not entry.exists()
+
+
+def test_clear_credential_cache_forgets_everything_and_tolerates_nothing_there(home):
+    entry = store(home, credential(time.time() + 240))
+    paths = woci.SessionPaths.for_profile("dev", {"HOME": str(home)})
+    woci.clear_credential_cache(paths)
+    assert not entry.parent.exists()
+    woci.clear_credential_cache(paths)
+
+
+# --- what the fast path imports ----------------------------------------------------------------
+
+# Loading any of these on a valid session is a regression: they cost kubectl's every call.
+NOT_ON_THE_FAST_PATH = {
+    "requests", "urllib3", "cryptography", "jwt", "logging", "configparser", "subprocess",
+    "tempfile", "hashlib", "_hashlib", "dataclasses", "typing", "inspect", "ast", "http",
+    "http.server", "urllib.request", "html", "getpass", "secrets", "random", "select",
+    "datetime", "shutil", "argparse",
+}
+
+
+def test_the_fast_path_loads_only_what_it_needs(home):
+    """In a fresh interpreter, main() on a valid session: the modules it added to Python's
+    own start-up are the few it needs, and none of the slow path's."""
+    script = textwrap.dedent(f"""
+        import sys
+        before = set(sys.modules)
+        import oci_upst_session_manager as woci
+        code = woci.main(["--profile", "dev"], {{"HOME": {str(home)!r}}})
+        print(code)
+        print(" ".join(sorted(set(sys.modules) - before)))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    code, modules = result.stdout.splitlines()
+    loaded = set(modules.split())
+    assert code == "0"
+    assert "oci_upst_session_manager" in loaded
+    assert loaded & NOT_ON_THE_FAST_PATH == set(), sorted(loaded & NOT_ON_THE_FAST_PATH)
+    assert {"json", "base64"} <= loaded | set(sys.builtin_module_names)
