@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional
 
 import requests
 
+from tests.polling import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 IDP_DIR = ROOT / "tests" / "idp"
 SERVER = IDP_DIR / "server.mjs"
@@ -73,7 +75,6 @@ class TestIdP:
         self._proc: Optional[subprocess.Popen] = None
         self._reader: Optional[threading.Thread] = None
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
         self._events: List[Dict[str, Any]] = []
         self._lines: List[str] = []
         self._discovery: Optional[Dict[str, Any]] = None
@@ -121,20 +122,27 @@ class TestIdP:
         deadline = time.monotonic() + timeout
         self.wait_for("listening", timeout=timeout)
         url = self.issuer + "/.well-known/openid-configuration"
-        last_error: Optional[Exception] = None
-        while time.monotonic() < deadline:
+        last_error = "no answer yet"
+
+        def discovery() -> Optional[Dict[str, Any]]:
+            nonlocal last_error
             if self._proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self._proc.returncode}")
             try:
                 resp = requests.get(url, timeout=min(2.0, HTTP_TIMEOUT))
-                if resp.status_code == 200:
-                    self._discovery = resp.json()
-                    return
-                last_error = RuntimeError(f"discovery answered {resp.status_code}")
             except requests.RequestException as exc:
-                last_error = exc
-            time.sleep(0.05)
-        raise TimeoutError(f"discovery not reachable in {timeout}s: {last_error}")
+                last_error = str(exc)
+                return None
+            if resp.status_code != 200:
+                last_error = f"discovery answered {resp.status_code}"
+                return None
+            return resp.json()
+
+        try:
+            self._discovery = wait_until(discovery, max(0.0, deadline - time.monotonic()),
+                                         f"the discovery document at {url}")
+        except AssertionError as exc:
+            raise TimeoutError(f"{exc}: {last_error}") from None
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -152,13 +160,10 @@ class TestIdP:
                     event = json.loads(line)
                 except ValueError:
                     event = None
-            with self._cond:
+            with self._lock:
                 self._lines.append(line)
                 if isinstance(event, dict):
                     self._events.append(event)
-                self._cond.notify_all()
-        with self._cond:  # EOF: wake waiters so they notice the exit
-            self._cond.notify_all()
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -280,21 +285,23 @@ class TestIdP:
         return [e for e in tail if _matches(e, event, match)]
 
     def wait_for(self, event: str, timeout: float = 10.0, since: int = 0, **match: Any) -> Dict[str, Any]:
-        """First event (at or after index `since`) named `event` whose fields equal `match`."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for e in self._events[since:]:
-                    if _matches(e, event, match):
-                        return e
-                remaining = deadline - time.monotonic()
-                proc = self._proc
-                if proc is None or (proc.poll() is not None and self._reader is not None
-                                    and not self._reader.is_alive()):
-                    raise RuntimeError(f"test IdP not running while waiting for {event} {match}")
-                if remaining <= 0:
-                    raise TimeoutError(f"no {event} event matching {match} within {timeout}s")
-                self._cond.wait(min(remaining, 0.2))
+        """First event (at or after index `since`) named `event` whose fields equal `match`.
+
+        Events reach us through node's stdout a moment after the HTTP answer that caused them,
+        so a test that has its answer waits here, bounded, rather than reading `events` at once.
+        """
+
+        def first_match() -> Optional[Dict[str, Any]]:
+            found = self.events_since(since, event, **match)
+            if found:
+                return found[0]
+            proc = self._proc
+            if proc is None or (proc.poll() is not None and self._reader is not None
+                                and not self._reader.is_alive()):
+                raise RuntimeError(f"test IdP not running while waiting for {event} {match}")
+            return None
+
+        return wait_until(first_match, timeout, f"a provider event {event} matching {match}")
 
     # ------------------------------------------------------------ helpers
 

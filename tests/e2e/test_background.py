@@ -11,18 +11,10 @@ import pytest
 
 from tests.bed.faultproxy import FaultProxy
 from tests.e2e.conftest import WOCI, assert_namespace_printed
+from tests.polling import wait_until
 
 # Bounds for waiting on the daemon; the UPST lifetimes below are a few seconds.
 DAEMON_WAIT = 30
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def read_until(fd: int, wanted: bytes, timeout: float) -> bytes:

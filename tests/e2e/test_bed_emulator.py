@@ -32,6 +32,7 @@ from jwt.algorithms import RSAAlgorithm
 from tests.bed import ocisig
 from tests.bed.emulator import NAMESPACE, OciEmulator, key_fingerprint
 from tests.bed.kube_api import KubeApiServer, write_kubeconfig
+from tests.polling import wait_until
 
 AUDIENCE = "urn:oci:woci"
 CLIENT_ID, CLIENT_SECRET = "oci-client", "oci-secret"
@@ -454,13 +455,6 @@ def test_fault_slow_delays_a_normal_answer(emu, idp):
     assert answer.status_code == 200 and "token" in answer.json()
 
 
-def wait_for(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_fault_slow_trips_a_client_timeout(emu, idp):
     before = len(emu.exchanges)
     emu.inject(kind="slow", delay=1)
@@ -469,7 +463,7 @@ def test_fault_slow_trips_a_client_timeout(emu, idp):
                       data=exchange_form(idp.token(), new_key().public_key()))
     # The server still finishes that exchange; let it, so its record cannot land in the
     # middle of the next test's assertions.
-    wait_for(lambda: len(emu.exchanges) > before)
+    wait_until(lambda: len(emu.exchanges) > before, 5, "the emulator to finish the slow exchange")
 
 
 def test_fault_drop_closes_without_answer(emu, idp):

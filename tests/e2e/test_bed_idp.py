@@ -17,7 +17,6 @@ import shlex
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -28,6 +27,7 @@ import pytest
 import requests
 
 from tests.bed.idp import TestIdP
+from tests.polling import wait_until
 
 BED = Path(__file__).resolve().parents[1] / "bed"
 BROWSER_USER = BED / "browser_user.py"
@@ -268,10 +268,9 @@ def test_confidential_client_basic_auth(idp, tmp_path):
     resp = refresh(idp, tokens["refresh_token"], client_id=idp.confidential_client_id, auth=good)
     assert resp.status_code == 200, resp.text
     # Events reach us through node's stdout a moment after the HTTP answer: poll, bounded.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and idp.count(
-            "token_request", client_id=idp.confidential_client_id, client_auth="basic", status=200) < 2:
-        time.sleep(0.05)
+    wait_until(lambda: idp.count("token_request", client_id=idp.confidential_client_id,
+                                 client_auth="basic", status=200) >= 2,
+               5, "the provider's events of the two Basic-authenticated grants")
     assert idp.count("token_request", client_id=idp.confidential_client_id, client_auth="basic", status=200) >= 2
     assert idp.confidential_client_secret not in idp.output()
 
