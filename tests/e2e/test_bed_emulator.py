@@ -466,6 +466,20 @@ def test_fault_slow_trips_a_client_timeout(emu, idp):
     wait_until(lambda: len(emu.exchanges) > before, 5, "the emulator to finish the slow exchange")
 
 
+def test_in_progress_counts_a_held_request_until_it_is_answered(emu, idp):
+    emu.inject(kind="slow", delay=2)
+    answers = []
+    client = threading.Thread(target=lambda: answers.append(
+        post_exchange(emu, exchange_form(idp.token(), new_key().public_key()))))
+    assert emu.in_progress() == 0
+    client.start()
+    wait_until(lambda: emu.in_progress() == 1, 5, "the emulator to hold the exchange")
+    client.join(timeout=10)
+    assert answers[0].status_code == 200
+    assert emu.in_progress() == 0
+    assert emu.in_progress("/n") == 0
+
+
 def test_fault_drop_closes_without_answer(emu, idp):
     emu.inject(kind="drop")
     with pytest.raises(requests.ConnectionError):
