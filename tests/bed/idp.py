@@ -8,10 +8,16 @@ server-side facts that never reach the client, e.g. why a refresh grant failed.
     with TestIdP(tmp_path, access_token_ttl=60) as idp:
         ...
         assert idp.count("grant.success", grant_type="refresh_token") == 1
+
+Every request is an `http_request` event (method, path); a `token_request` event also names
+the refresh token presented and the one issued by `token_fingerprint()`, never by value.
+`sync()` makes sure every event of the requests answered so far has been read, so a test can
+also assert that something did not happen.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +26,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -48,6 +55,11 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def token_fingerprint(token: str) -> str:
+    """How the provider's events name a token: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:16]
 
 
 def _env_name(key: str) -> str:
@@ -302,6 +314,19 @@ class TestIdP:
             return None
 
         return wait_until(first_match, timeout, f"a provider event {event} matching {match}")
+
+    def sync(self, timeout: float = 10.0) -> None:
+        """Return once every event of every request answered before this call has been read.
+
+        The provider writes a request's events before its answer goes out, on one ordered pipe;
+        the `sync` event of a request made now therefore comes after all of them.
+        """
+        sync_id = uuid.uuid4().hex
+        mark = self.mark()
+        resp = requests.get(f"{self.issuer}/__test/sync", params={"id": sync_id}, timeout=HTTP_TIMEOUT)
+        if resp.status_code != 204:
+            raise RuntimeError(f"the provider answered {resp.status_code} to a sync")
+        self.wait_for("sync", timeout=timeout, since=mark, id=sync_id)
 
     # ------------------------------------------------------------ helpers
 

@@ -26,7 +26,7 @@ import jwt
 import pytest
 import requests
 
-from tests.bed.idp import TestIdP
+from tests.bed.idp import TestIdP, token_fingerprint
 from tests.polling import wait_until
 
 BED = Path(__file__).resolve().parents[1] / "bed"
@@ -204,6 +204,37 @@ def test_code_flow_jwt_rotation_and_reuse_detection(idp, tmp_path):
     output = idp.output()
     for secret in (first_rt, second_rt, access, flow["callback"]["code"], flow["verifier"]):
         assert secret not in output
+
+
+def test_events_name_what_the_client_presented_and_got(idp, tmp_path):
+    """PKCE use, and the refresh tokens presented and issued by fingerprint, never by value;
+    every request by method and path; sync() orders the events before it."""
+    mark = idp.mark()
+    flow = authorize(idp, tmp_path)
+    first_rt = redeem(idp, flow).json()["refresh_token"]
+    second_rt = refresh(idp, first_rt).json()["refresh_token"]
+    assert refresh(idp, first_rt).status_code == 400  # reused: the grant is revoked
+    idp.sync()
+
+    code, rotation, reuse = idp.events_since(mark, "token_request")
+    assert code["grant_type"] == "authorization_code" and code["status"] == 200
+    assert code["code_verifier_sent"] is True and code["refresh_token_fp"] is None
+    assert code["issued_refresh_token_fp"] == token_fingerprint(first_rt)
+    assert rotation["refresh_token_fp"] == token_fingerprint(first_rt)
+    assert rotation["issued_refresh_token_fp"] == token_fingerprint(second_rt)
+    assert rotation["code_verifier_sent"] is False
+    assert reuse["status"] == 400 and reuse["refresh_token_fp"] == token_fingerprint(first_rt)
+    assert reuse["issued_refresh_token_fp"] is None
+    assert [e["code_challenge_method"] for e in idp.events_since(mark, "authorization.success")] \
+        == ["S256"]
+    requests_seen = [(e["method"], e["path"]) for e in idp.events_since(mark, "http_request")]
+    assert ("GET", urlsplit(idp.authorize_url).path) in requests_seen
+    assert requests_seen.count(("POST", urlsplit(idp.token_url).path)) == 3
+    assert all(path != "/__test/sync" for _, path in requests_seen)
+    assert all("?" not in path for _, path in requests_seen)
+    assert len(idp.events_since(mark, "sync")) == 1
+    for secret in (first_rt, second_rt, flow["verifier"], flow["callback"]["code"]):
+        assert secret not in idp.output()
 
 
 def test_wrong_password_shows_error_and_no_code(idp, tmp_path):
