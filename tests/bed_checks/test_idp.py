@@ -35,15 +35,8 @@ CHROMIUM_USER = BED / "chromium_user.py"
 CHROMIUM = Path("/usr/bin/chromium")
 HTTP_TIMEOUT = 10
 
-
-@pytest.fixture(scope="module")
-def idp(tmp_path_factory):
-    server = TestIdP(tmp_path_factory.mktemp("idp"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+# `idp` is the run's one provider (tests/conftest.py), shared with tests/e2e: a test counts
+# only the events after its own mark.
 
 
 class CallbackCatcher:
@@ -157,6 +150,7 @@ def signed_in(idp, tmp_path, **kwargs) -> Dict:
 
 
 def test_code_flow_jwt_rotation_and_reuse_detection(idp, tmp_path):
+    start = idp.mark()
     flow = authorize(idp, tmp_path)
     record = flow["record"]
     assert record["error"] is None and record["callback_status"] == 200
@@ -185,7 +179,7 @@ def test_code_flow_jwt_rotation_and_reuse_detection(idp, tmp_path):
     assert resp.status_code == 200, resp.text
     second_rt = resp.json()["refresh_token"]
     assert second_rt != first_rt, "rotation must issue a new refresh token"
-    assert idp.count("grant.success", grant_type="refresh_token") >= 1
+    assert len(idp.events_since(start, "grant.success", grant_type="refresh_token")) >= 1
 
     mark = idp.mark()
     resp = refresh(idp, first_rt)
@@ -282,6 +276,7 @@ def test_revoked_refresh_token_is_dead(idp, tmp_path):
 
 
 def test_confidential_client_basic_auth(idp, tmp_path):
+    start = idp.mark()
     flow = authorize(idp, tmp_path, client_id=idp.confidential_client_id)
     assert flow["callback"] and "code" in flow["callback"]
 
@@ -299,10 +294,12 @@ def test_confidential_client_basic_auth(idp, tmp_path):
     resp = refresh(idp, tokens["refresh_token"], client_id=idp.confidential_client_id, auth=good)
     assert resp.status_code == 200, resp.text
     # Events reach us through node's stdout a moment after the HTTP answer: poll, bounded.
-    wait_until(lambda: idp.count("token_request", client_id=idp.confidential_client_id,
-                                 client_auth="basic", status=200) >= 2,
-               5, "the provider's events of the two Basic-authenticated grants")
-    assert idp.count("token_request", client_id=idp.confidential_client_id, client_auth="basic", status=200) >= 2
+    def basic_grants():
+        return len(idp.events_since(start, "token_request", client_id=idp.confidential_client_id,
+                                    client_auth="basic", status=200))
+
+    wait_until(lambda: basic_grants() >= 2, 5, "the provider's events of the two Basic-authenticated grants")
+    assert basic_grants() >= 2
     assert idp.confidential_client_secret not in idp.output()
 
 
