@@ -134,6 +134,7 @@ class OciEmulator:
         self._counts = collections.Counter()
         self._exchanges = []
         self._requests = []
+        self._in_hand = collections.Counter()  # path: requests read, not answered yet
         self._last_denied_reason = None
         self._server = None
         self._thread = None
@@ -248,6 +249,12 @@ class OciEmulator:
         with self._lock:
             return [dict(r) for r in self._requests]
 
+    def in_progress(self, path=TOKEN_PATH):
+        """Requests to `path` the emulator has read but not answered yet (e.g. held by `slow`):
+        the moment a client is waiting on it."""
+        with self._lock:
+            return self._in_hand[path]
+
     @property
     def last_denied_reason(self):
         with self._lock:
@@ -259,8 +266,13 @@ class OciEmulator:
 
     def _record_request(self, method, path, status):
         with self._lock:
+            self._in_hand[path] -= 1
             self._requests.append({"time": time.time(), "method": method, "path": path,
                                    "status": status})
+
+    def _received(self, path):
+        with self._lock:
+            self._in_hand[path] += 1
 
     def _record_exchange(self, **fields):
         with self._lock:
@@ -483,6 +495,7 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
     def _dispatch(self):
         self.path_only = urlsplit(self.path).path
         self.body = self._read_body()
+        self.emu._received(self.path_only)
         available, mode = self.emu._availability()
         if not available:
             self._unavailable(mode)

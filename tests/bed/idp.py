@@ -8,10 +8,16 @@ server-side facts that never reach the client, e.g. why a refresh grant failed.
     with TestIdP(tmp_path, access_token_ttl=60) as idp:
         ...
         assert idp.count("grant.success", grant_type="refresh_token") == 1
+
+Every request is an `http_request` event (method, path); a `token_request` event also names
+the refresh token presented and the one issued by `token_fingerprint()`, never by value.
+`sync()` makes sure every event of the requests answered so far has been read, so a test can
+also assert that something did not happen.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +31,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import requests
+
+from tests.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 IDP_DIR = ROOT / "tests" / "idp"
@@ -47,6 +55,11 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def token_fingerprint(token: str) -> str:
+    """How the provider's events name a token: the first 16 hex digits of its SHA-256."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:16]
 
 
 def _env_name(key: str) -> str:
@@ -74,7 +87,6 @@ class TestIdP:
         self._proc: Optional[subprocess.Popen] = None
         self._reader: Optional[threading.Thread] = None
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
         self._events: List[Dict[str, Any]] = []
         self._lines: List[str] = []
         self._discovery: Optional[Dict[str, Any]] = None
@@ -122,20 +134,27 @@ class TestIdP:
         deadline = time.monotonic() + timeout
         self.wait_for("listening", timeout=timeout)
         url = self.issuer + "/.well-known/openid-configuration"
-        last_error: Optional[Exception] = None
-        while time.monotonic() < deadline:
+        last_error = "no answer yet"
+
+        def discovery() -> Optional[Dict[str, Any]]:
+            nonlocal last_error
             if self._proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self._proc.returncode}")
             try:
                 resp = requests.get(url, timeout=min(2.0, HTTP_TIMEOUT))
-                if resp.status_code == 200:
-                    self._discovery = resp.json()
-                    return
-                last_error = RuntimeError(f"discovery answered {resp.status_code}")
             except requests.RequestException as exc:
-                last_error = exc
-            time.sleep(0.05)
-        raise TimeoutError(f"discovery not reachable in {timeout}s: {last_error}")
+                last_error = str(exc)
+                return None
+            if resp.status_code != 200:
+                last_error = f"discovery answered {resp.status_code}"
+                return None
+            return resp.json()
+
+        try:
+            self._discovery = wait_until(discovery, max(0.0, deadline - time.monotonic()),
+                                         f"the discovery document at {url}")
+        except AssertionError as exc:
+            raise TimeoutError(f"{exc}: {last_error}") from None
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -153,13 +172,10 @@ class TestIdP:
                     event = json.loads(line)
                 except ValueError:
                     event = None
-            with self._cond:
+            with self._lock:
                 self._lines.append(line)
                 if isinstance(event, dict):
                     self._events.append(event)
-                self._cond.notify_all()
-        with self._cond:  # EOF: wake waiters so they notice the exit
-            self._cond.notify_all()
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
@@ -281,21 +297,36 @@ class TestIdP:
         return [e for e in tail if _matches(e, event, match)]
 
     def wait_for(self, event: str, timeout: float = 10.0, since: int = 0, **match: Any) -> Dict[str, Any]:
-        """First event (at or after index `since`) named `event` whose fields equal `match`."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for e in self._events[since:]:
-                    if _matches(e, event, match):
-                        return e
-                remaining = deadline - time.monotonic()
-                proc = self._proc
-                if proc is None or (proc.poll() is not None and self._reader is not None
-                                    and not self._reader.is_alive()):
-                    raise RuntimeError(f"test IdP not running while waiting for {event} {match}")
-                if remaining <= 0:
-                    raise TimeoutError(f"no {event} event matching {match} within {timeout}s")
-                self._cond.wait(min(remaining, 0.2))
+        """First event (at or after index `since`) named `event` whose fields equal `match`.
+
+        Events reach us through node's stdout a moment after the HTTP answer that caused them,
+        so a test that has its answer waits here, bounded, rather than reading `events` at once.
+        """
+
+        def first_match() -> Optional[Dict[str, Any]]:
+            found = self.events_since(since, event, **match)
+            if found:
+                return found[0]
+            proc = self._proc
+            if proc is None or (proc.poll() is not None and self._reader is not None
+                                and not self._reader.is_alive()):
+                raise RuntimeError(f"test IdP not running while waiting for {event} {match}")
+            return None
+
+        return wait_until(first_match, timeout, f"a provider event {event} matching {match}")
+
+    def sync(self, timeout: float = 10.0) -> None:
+        """Return once every event of every request answered before this call has been read.
+
+        The provider writes a request's events before its answer goes out, on one ordered pipe;
+        the `sync` event of a request made now therefore comes after all of them.
+        """
+        sync_id = uuid.uuid4().hex
+        mark = self.mark()
+        resp = requests.get(f"{self.issuer}/__test/sync", params={"id": sync_id}, timeout=HTTP_TIMEOUT)
+        if resp.status_code != 204:
+            raise RuntimeError(f"the provider answered {resp.status_code} to a sync")
+        self.wait_for("sync", timeout=timeout, since=mark, id=sync_id)
 
     def sync(self, timeout: float = 10.0) -> None:
         """Return once every event the provider emitted before this call is in `events`.

@@ -7,7 +7,6 @@ with stdin closed and a clean environment, exactly as a user or kubectl would ru
 import configparser
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,47 +16,17 @@ from typing import Dict, List, Optional
 import pytest
 
 from tests.bed.emulator import OciEmulator
-from tests.bed.idp import TestIdP
+from tests.bed.idp import TestIdP, free_port
+# The bed fixtures (idp, emulator) are in tests/conftest.py, shared with tests/bed_checks.
+from tests.conftest import OCI_CLIENT_ID, OCI_CLIENT_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 BED = REPO / "tests" / "bed"
 VENV_BIN = Path(sys.executable).parent
 WOCI = VENV_BIN / "woci"
-OCI_CLIENT_ID = "oci-client"
-OCI_CLIENT_SECRET = "oci-secret-for-tests"
 REGION = "us-ashburn-1"
 # Generous bound for one woci run: a sign-in, a refresh, an exchange and one oci call.
 RUN_TIMEOUT = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def idp(tmp_path_factory):
-    """One provider for the whole run: rotation on, reuse revokes the grant."""
-    with TestIdP(tmp_path_factory.mktemp("idp")) as provider:
-        yield provider
-
-
-@pytest.fixture(scope="session")
-def emulator(idp):
-    with OciEmulator(jwks_uri=idp.jwks_uri, issuer=idp.issuer,
-                     clients={OCI_CLIENT_ID: OCI_CLIENT_SECRET}) as emu:
-        yield emu
-
-
-@pytest.fixture(autouse=True)
-def _healthy_emulator(request):
-    """Faults and lifetimes injected by one test never leak into the next."""
-    yield
-    if "emulator" in request.fixturenames:
-        emu = request.getfixturevalue("emulator")
-        emu.clear_faults()
-        emu.set_upst_lifetime(3600)
 
 
 @dataclass

@@ -10,19 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.bed.faultproxy import FaultProxy
-from tests.e2e.conftest import WOCI, assert_namespace_printed
+from tests.e2e.conftest import RUN_TIMEOUT, WOCI, assert_namespace_printed
+from tests.polling import wait_until
 
 # Bounds for waiting on the daemon; the UPST lifetimes below are a few seconds.
 DAEMON_WAIT = 30
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
@@ -39,6 +31,14 @@ def read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def catches_signal(pid: int, signum: int) -> bool:
+    """Whether the process has a handler installed for signum (SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
 
 
 def pid_alive(pid: int) -> bool:
@@ -101,13 +101,24 @@ def test_exec_forwards_sigterm_to_the_command(user):
     """SIGTERM to woci reaches the command, and woci exits with the command's code."""
     assert_namespace_printed(user.oci_ns_get())
     marker = user.home / "got-term"
-    script = f"trap 'touch {marker}; exit 42' TERM; while true; do sleep 0.1; done"
+    running = user.home / "command-running"
+    # The signal is sent once the command says it runs (its trap set) and woci has its
+    # forwarding handler in place.
+    script = (f"trap 'touch {marker}; exit 42' TERM; touch {running}; "
+              "while true; do sleep 0.1; done")
     proc = subprocess.Popen([str(WOCI), "--profile", user.profile, "--auto-refresh", "--exec", "--",
                              "sh", "-c", script],
                             env=user.env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        time.sleep(1.5)
+        def command_running():
+            if proc.poll() is not None:
+                raise AssertionError(f"woci exited ({proc.returncode}) before its command ran: "
+                                     f"{proc.stderr.read().decode()}")
+            return running.exists() and catches_signal(proc.pid, signal.SIGTERM)
+
+        wait_until(command_running, RUN_TIMEOUT,
+                   "the --exec command to run and woci to catch SIGTERM")
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=15)
     finally:

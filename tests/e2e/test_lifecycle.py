@@ -2,13 +2,95 @@
 
 import os
 import stat
+import time
 
+from cryptography.hazmat.primitives import serialization
+
+from tests.bed.emulator import MAX_UPST_LIFETIME, TOKEN_PATH
+from tests.bed.idp import token_fingerprint
 from tests.e2e.conftest import REGION, assert_namespace_printed
+
+EXCHANGE = ("POST", TOKEN_PATH, 200)
+OCI_CALL = ("GET", "/n", 200)   # `oci os ns get` itself
 
 
 def token_requests(idp, mark, grant_type):
     return [e for e in idp.events_since(mark)
             if e.get("event") == "token_request" and e.get("grant_type") == grant_type]
+
+
+def named(events, name):
+    return [e for e in events if e["event"] == name]
+
+
+def one_oci_call(user, idp, emulator):
+    """Run `woci ... os ns get`; return what the provider and the emulator received meanwhile."""
+    mark, seen = idp.mark(), len(emulator.requests)
+    assert_namespace_printed(user.oci_ns_get())
+    idp.sync()
+    received = [(r["method"], r["path"], r["status"]) for r in emulator.requests[seen:]]
+    return idp.events_since(mark), received
+
+
+def expire_the_upst(user, emulator):
+    """Time passes: the stored UPST (for the same session key) expires now."""
+    public_pem = (user.session_dir / "oci_api_key_public.pem").read_bytes()
+    upst = emulator.mint_upst(serialization.load_pem_public_key(public_pem), subject=user.idp.user,
+                              issued_at=time.time() - MAX_UPST_LIFETIME, lifetime=MAX_UPST_LIFETIME)
+    (user.session_dir / "token").write_text(upst)
+
+
+def stored_refresh_token(user):
+    return user.refresh_token_text().strip()
+
+
+def test_lifecycle_no_session_sign_in_valid_refresh_and_refresh_again(user, idp, emulator):
+    """kubelogin's lifecycle test: no session -> browser sign-in -> valid -> refresh -> refresh
+    again with the rotated token, asserting at each step what the provider and OCI received."""
+    # No session: one browser sign-in, Authorization Code with a PKCE (S256) verifier.
+    events, received = one_oci_call(user, idp, emulator)
+    assert len(user.browser_opens()) == 1
+    [signed_in] = named(events, "authorization.success")
+    assert signed_in["code_challenge_method"] == "S256"
+    [code_grant] = named(events, "token_request")
+    assert code_grant["grant_type"] == "authorization_code" and code_grant["status"] == 200
+    assert code_grant["code_verifier_sent"] is True
+    first_rt = stored_refresh_token(user)
+    assert code_grant["issued_refresh_token_fp"] == token_fingerprint(first_rt)
+    assert received == [EXCHANGE, OCI_CALL]
+
+    # Valid: no request at all reaches the provider, and none of woci's reaches OCI.
+    events, received = one_oci_call(user, idp, emulator)
+    assert named(events, "http_request") == []
+    assert received == [OCI_CALL]
+    assert len(user.browser_opens()) == 1
+
+    # Expired: one refresh grant with the refresh token stored at sign-in; rotation stored.
+    expire_the_upst(user, emulator)
+    events, received = one_oci_call(user, idp, emulator)
+    [refresh] = named(events, "token_request")
+    assert refresh["grant_type"] == "refresh_token" and refresh["status"] == 200
+    assert refresh["client_id"] == idp.public_client_id
+    assert refresh["refresh_token_fp"] == token_fingerprint(first_rt)
+    second_rt = stored_refresh_token(user)
+    assert second_rt != first_rt
+    assert refresh["issued_refresh_token_fp"] == token_fingerprint(second_rt)
+    assert named(events, "grant.error") == []
+    assert received == [EXCHANGE, OCI_CALL]
+    assert len(user.browser_opens()) == 1
+
+    # Expired again: the rotated token goes to the provider, the first one is never reused.
+    expire_the_upst(user, emulator)
+    events, received = one_oci_call(user, idp, emulator)
+    [refresh] = named(events, "token_request")
+    assert refresh["grant_type"] == "refresh_token" and refresh["status"] == 200
+    assert refresh["refresh_token_fp"] == token_fingerprint(second_rt)
+    third_rt = stored_refresh_token(user)
+    assert third_rt not in (first_rt, second_rt)
+    assert refresh["issued_refresh_token_fp"] == token_fingerprint(third_rt)
+    assert named(events, "grant.error") == []
+    assert received == [EXCHANGE, OCI_CALL]
+    assert len(user.browser_opens()) == 1
 
 
 def test_first_run_signs_in_and_oci_call_is_verified(user, idp, emulator):

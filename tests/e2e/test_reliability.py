@@ -13,8 +13,10 @@ import time
 import pytest
 
 from oci_upst_session_manager import decrypt_refresh_token
+from tests.bed.emulator import TOKEN_PATH
 from tests.bed.faultproxy import FaultProxy
-from tests.e2e.conftest import WOCI, assert_namespace_printed
+from tests.e2e.conftest import RUN_TIMEOUT, WOCI, assert_namespace_printed
+from tests.polling import wait_until
 
 PARALLEL_RUNS = 20
 
@@ -96,11 +98,18 @@ def test_sigkill_during_renewal_leaves_working_files(user, emulator):
     """woci killed mid-renewal: the files are old or new, never torn, and the next run works."""
     emulator.set_upst_lifetime(30)
     assert_namespace_printed(user.oci_ns_get())
-    emulator.inject(path="/oauth2/v1/token", kind="slow", delay=3, count=1)
+    emulator.inject(path=TOKEN_PATH, kind="slow", delay=3, count=1)
     proc = subprocess.Popen([str(WOCI), "--profile", user.profile], env=user.env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    time.sleep(1.5)
+
+    def exchange_in_hand():
+        # Refreshed at the provider and now waiting on the exchange: mid-renewal.
+        if proc.poll() is not None:
+            raise AssertionError(f"woci exited ({proc.returncode}) before its exchange")
+        return emulator.in_progress(TOKEN_PATH)
+
+    wait_until(exchange_in_hand, RUN_TIMEOUT, "the emulator to hold woci's token exchange")
     proc.kill()
     proc.wait(timeout=10)
 
@@ -108,6 +117,9 @@ def test_sigkill_during_renewal_leaves_working_files(user, emulator):
     assert leftovers == []
     assert_namespace_printed(user.oci_ns_get())
     assert len(user.browser_opens()) == 1
+    # The held exchange is answered (to nobody) before the next test counts exchanges.
+    wait_until(lambda: emulator.in_progress(TOKEN_PATH) == 0, 10,
+               "the emulator to answer the killed run's exchange")
 
 
 # --- 3. the right reaction to each failure ---------------------------------------------------

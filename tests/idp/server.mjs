@@ -63,6 +63,14 @@ function emit(event, fields = {}) {
   process.stdout.write(`${line}\n`);
 }
 
+// Names a token without revealing it: the first 16 hex digits of its SHA-256 (64 bits of a
+// hash of a random 256-bit value), so a test holding the token can tell which one it was.
+// tests/bed/idp.py token_fingerprint() computes the same.
+function fingerprint(value) {
+  if (typeof value !== 'string' || value === '') return null;
+  return crypto.createHash('sha256').update(value).digest('hex').slice(0, 16);
+}
+
 // The library's errors carry a public part (error, error_description) and a
 // private reason (error_detail, e.g. "refresh token already used") that never
 // reaches the client: the tests need the latter to tell failure causes apart.
@@ -318,12 +326,18 @@ provider.use(async (ctx, next) => {
     } else if (ctx.oidc?.params?.client_secret) {
       auth = 'post';
     }
+    const params = ctx.oidc?.params || {};
+    const body = (ctx.body && typeof ctx.body === 'object') ? ctx.body : {};
     emit('token_request', {
-      grant_type: ctx.oidc?.params?.grant_type || null,
+      grant_type: params.grant_type || null,
       client_id: clientId,
       client_auth: auth,
       status: ctx.status,
-      error: (ctx.status >= 400 && ctx.body && typeof ctx.body === 'object') ? ctx.body.error || null : null,
+      error: ctx.status >= 400 ? body.error || null : null,
+      // What the client presented and was given, by fingerprint only.
+      code_verifier_sent: Boolean(params.code_verifier),
+      refresh_token_fp: fingerprint(params.refresh_token),
+      issued_refresh_token_fp: ctx.status === 200 ? fingerprint(body.refresh_token) : null,
     });
   }
 });
@@ -333,7 +347,9 @@ provider.use(async (ctx, next) => {
 provider.on('grant.success', (ctx) => emit('grant.success', ctxFields(ctx)));
 provider.on('grant.error', (ctx, err) => emit('grant.error', { ...ctxFields(ctx), ...errorFields(err) }));
 provider.on('grant.revoked', (ctx, grantId) => emit('grant.revoked', { ...ctxFields(ctx), grant_id: grantId }));
-provider.on('authorization.success', (ctx) => emit('authorization.success', ctxFields(ctx)));
+provider.on('authorization.success', (ctx) => emit('authorization.success', {
+  ...ctxFields(ctx), code_challenge_method: ctx.oidc?.params?.code_challenge_method || null,
+}));
 provider.on('authorization.error', (ctx, err) => emit('authorization.error', { ...ctxFields(ctx), ...errorFields(err) }));
 provider.on('end_session.success', (ctx) => emit('end_session.success', ctxFields(ctx)));
 provider.on('server_error', (ctx, err) => emit('server_error', {
@@ -520,8 +536,21 @@ async function handleInteraction(req, res, url) {
 
 const providerCallback = provider.callback();
 
+// GET /__test/sync?id=X answers 204 and emits `sync` {id}: once the Python side has read that
+// event it has read every event of every request answered before (stdout is one ordered pipe).
+const SYNC_PATH = '/__test/sync';
+
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, ISSUER);
+  if (req.method === 'GET' && url.pathname === SYNC_PATH) {
+    emit('sync', { id: url.searchParams.get('id') });
+    res.statusCode = 204;
+    res.end();
+    return;
+  }
+  // Every request that reaches the provider, by method and path (never the query: it can
+  // carry state, codes or challenges).
+  emit('http_request', { method: req.method, path: url.pathname });
   if (url.pathname.startsWith('/interaction/')) {
     handleInteraction(req, res, url).catch((err) => {
       emit('server_error', { route: 'interaction', message: err?.message || String(err), stack: err?.stack || null });

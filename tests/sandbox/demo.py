@@ -9,7 +9,6 @@ import argparse
 import configparser
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.bed.emulator import OciEmulator  # noqa: E402
-from tests.bed.idp import TestIdP  # noqa: E402
+from tests.bed.idp import TestIdP, free_port  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 OCI_CLIENT_ID, OCI_CLIENT_SECRET = "demo-oci-client", "demo-oci-secret"
@@ -33,12 +32,6 @@ PROFILE = "demo"
 
 def say(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_manager_ini(home: Path, idp: TestIdP, emu: OciEmulator, login_timeout: int) -> Path:

@@ -30,8 +30,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from tests.bed import ocisig
-from tests.bed.emulator import NAMESPACE, OciEmulator, key_fingerprint
+from tests.bed.emulator import NAMESPACE, key_fingerprint
 from tests.bed.kube_api import KubeApiServer, write_kubeconfig
+from tests.conftest import started_emulator
+from tests.polling import wait_until
 
 AUDIENCE = "urn:oci:woci"
 CLIENT_ID, CLIENT_SECRET = "oci-client", "oci-secret"
@@ -101,27 +103,19 @@ class StandInProvider:
 
 
 @pytest.fixture(scope="module")
-def idp():
+def stand_in():
+    """The provider these checks play (not the session's real one: they mint their own tokens)."""
     provider = StandInProvider()
     yield provider
     provider.stop()
 
 
 @pytest.fixture(scope="module")
-def emu(idp):
-    with OciEmulator(idp.jwks_uri, idp.issuer, audience=AUDIENCE,
-                     clients={CLIENT_ID: CLIENT_SECRET}) as emulator:
+def emu(stand_in):
+    """An emulator trusting the stand-in; tests/conftest.py heals it after each test."""
+    with started_emulator(stand_in.jwks_uri, stand_in.issuer, audience=AUDIENCE,
+                          clients={CLIENT_ID: CLIENT_SECRET}) as emulator:
         yield emulator
-
-
-@pytest.fixture(autouse=True)
-def reset_emulator(request):
-    yield
-    if "emu" in request.fixturenames:
-        emulator = request.getfixturevalue("emu")
-        emulator.clear_faults()
-        emulator.set_available(True)
-        emulator.set_upst_lifetime(3600)
 
 
 def exchange_form(access_token, session_public_key, **overrides):
@@ -141,8 +135,8 @@ def post_exchange(emu, form, auth=(CLIENT_ID, CLIENT_SECRET)):
     return requests.post(emu.token_exchange_url, data=form, auth=auth, timeout=HTTP_TIMEOUT)
 
 
-def exchange_ok(emu, idp, session_key):
-    answer = post_exchange(emu, exchange_form(idp.token(), session_key.public_key()))
+def exchange_ok(emu, stand_in, session_key):
+    answer = post_exchange(emu, exchange_form(stand_in.token(), session_key.public_key()))
     assert answer.status_code == 200, answer.text
     return answer.json()["token"]
 
@@ -193,9 +187,9 @@ def write_session(home, key, upst, tenancy):
 
 
 @pytest.fixture(scope="module")
-def session(emu, idp, tmp_path_factory):
+def session(emu, stand_in, tmp_path_factory):
     key = new_key()
-    return write_session(tmp_path_factory.mktemp("home"), key, exchange_ok(emu, idp, key),
+    return write_session(tmp_path_factory.mktemp("home"), key, exchange_ok(emu, stand_in, key),
                          emu.tenancy)
 
 
@@ -340,9 +334,9 @@ def test_ocisig_request_target_covers_the_query(emu, session):
 # --- the token exchange -------------------------------------------------------------------
 
 
-def test_exchange_issues_a_upst_like_oci(emu, idp):
+def test_exchange_issues_a_upst_like_oci(emu, stand_in):
     key = new_key()
-    upst = exchange_ok(emu, idp, key)
+    upst = exchange_ok(emu, stand_in, key)
     claims = ocisig.verify_upst(upst, emu.public_key)
     assert claims["exp"] - claims["iat"] == 3600
     assert claims["tenant"] == emu.tenancy
@@ -350,7 +344,7 @@ def test_exchange_issues_a_upst_like_oci(emu, idp):
     assert claims["ptype"] == "user" and claims["sess_exp"] > claims["exp"]
     assert key_fingerprint(ocisig.session_public_key(claims)) == key_fingerprint(
         key.public_key())
-    again = ocisig.verify_upst(exchange_ok(emu, idp, new_key()), emu.public_key)
+    again = ocisig.verify_upst(exchange_ok(emu, stand_in, new_key()), emu.public_key)
     assert again["sub"] == claims["sub"] and again["jti"] != claims["jti"]
     record = emu.exchanges[-2]
     assert record["outcome"] == "ok" and record["client_id"] == CLIENT_ID
@@ -359,23 +353,23 @@ def test_exchange_issues_a_upst_like_oci(emu, idp):
 
 
 @pytest.mark.parametrize("lifetime, expected", [(120, 120), (7200, 3600)])
-def test_upst_lifetime_is_settable_and_capped(emu, idp, lifetime, expected):
+def test_upst_lifetime_is_settable_and_capped(emu, stand_in, lifetime, expected):
     emu.set_upst_lifetime(lifetime)
-    claims = jwt.decode(exchange_ok(emu, idp, new_key()), options={"verify_signature": False})
+    claims = jwt.decode(exchange_ok(emu, stand_in, new_key()), options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == expected
 
 
-def refused_exchange(emu, idp, case):
+def refused_exchange(emu, stand_in, case):
     key = new_key().public_key()
     if case == "bad_basic_credentials":
-        return post_exchange(emu, exchange_form(idp.token(), key), auth=(CLIENT_ID, "nope"))
+        return post_exchange(emu, exchange_form(stand_in.token(), key), auth=(CLIENT_ID, "nope"))
     if case == "no_client_authentication":
-        return post_exchange(emu, exchange_form(idp.token(), key), auth=None)
+        return post_exchange(emu, exchange_form(stand_in.token(), key), auth=None)
     if case == "client_id_in_body_only":
-        form = exchange_form(idp.token(), key, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+        form = exchange_form(stand_in.token(), key, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
         return post_exchange(emu, form, auth=None)
     if case == "json_body":
-        return requests.post(emu.token_exchange_url, json=exchange_form(idp.token(), key),
+        return requests.post(emu.token_exchange_url, json=exchange_form(stand_in.token(), key),
                              auth=(CLIENT_ID, CLIENT_SECRET), timeout=HTTP_TIMEOUT)
     overrides = {
         "wrong_grant_type": {"grant_type": "client_credentials"},
@@ -383,11 +377,11 @@ def refused_exchange(emu, idp, case):
         "wrong_subject_token_type": {
             "subject_token_type": "urn:ietf:params:oauth:token-type:access_token"},
         "missing_subject_token": {"subject_token": ""},
-        "id_token_as_subject": {"subject_token": idp.token(typ="JWT", aud=IDP_CLIENT_ID)},
-        "expired_subject": {"subject_token": idp.token(iat=int(time.time()) - 900,
+        "id_token_as_subject": {"subject_token": stand_in.token(typ="JWT", aud=IDP_CLIENT_ID)},
+        "expired_subject": {"subject_token": stand_in.token(iat=int(time.time()) - 900,
                                                        exp=int(time.time()) - 600)},
-        "wrong_issuer": {"subject_token": idp.token(iss="http://127.0.0.1:1")},
-        "subject_signed_by_unknown_key": {"subject_token": idp.token(key=new_key())},
+        "wrong_issuer": {"subject_token": stand_in.token(iss="http://127.0.0.1:1")},
+        "subject_signed_by_unknown_key": {"subject_token": stand_in.token(key=new_key())},
         "garbage_subject": {"subject_token": "not-a-jwt"},
         "garbage_public_key": {"public_key": "not base64 at all!"},
         "pem_public_key": {"public_key": new_key().public_key().public_bytes(
@@ -395,7 +389,7 @@ def refused_exchange(emu, idp, case):
             serialization.PublicFormat.SubjectPublicKeyInfo).decode()},
         "small_public_key": {"public_key": spki_b64(new_key(1024).public_key())},
     }[case]
-    return post_exchange(emu, exchange_form(idp.token(), key, **overrides))
+    return post_exchange(emu, exchange_form(stand_in.token(), key, **overrides))
 
 
 @pytest.mark.parametrize("case, status, error, description", [
@@ -416,9 +410,9 @@ def refused_exchange(emu, idp, case):
     ("pem_public_key", 400, "invalid_request", "public_key is not base64"),
     ("small_public_key", 400, "invalid_request", "1024 bits"),
 ])
-def test_exchange_refusals(emu, idp, case, status, error, description):
+def test_exchange_refusals(emu, stand_in, case, status, error, description):
     before = emu.count("exchange_error")
-    answer = refused_exchange(emu, idp, case)
+    answer = refused_exchange(emu, stand_in, case)
     assert answer.status_code == status, answer.text
     assert answer.json()["error"] == error
     assert description in answer.json()["error_description"]
@@ -429,53 +423,60 @@ def test_exchange_refusals(emu, idp, case, status, error, description):
 # --- fault injection ----------------------------------------------------------------------
 
 
-def test_fault_http500_then_normal(emu, idp):
+def test_fault_http500_then_normal(emu, stand_in):
     emu.inject(kind="http500", count=2)
     for _ in range(2):
-        answer = post_exchange(emu, exchange_form(idp.token(), new_key().public_key()))
+        answer = post_exchange(emu, exchange_form(stand_in.token(), new_key().public_key()))
         assert answer.status_code == 500 and answer.json()["error"] == "server_error"
-    assert post_exchange(emu, exchange_form(idp.token(), new_key().public_key())).ok
+    assert post_exchange(emu, exchange_form(stand_in.token(), new_key().public_key())).ok
     assert emu.count("fault_http500") >= 2
     assert [e["outcome"] for e in emu.exchanges[-3:]] == ["fault:http500"] * 2 + ["ok"]
 
 
-def test_fault_http429_sends_retry_after(emu, idp):
+def test_fault_http429_sends_retry_after(emu, stand_in):
     emu.inject(kind="http429", retry_after=7)
-    answer = post_exchange(emu, exchange_form(idp.token(), new_key().public_key()))
+    answer = post_exchange(emu, exchange_form(stand_in.token(), new_key().public_key()))
     assert answer.status_code == 429 and answer.headers["Retry-After"] == "7"
     assert answer.json()["error"] == "too_many_requests"
 
 
-def test_fault_slow_delays_a_normal_answer(emu, idp):
+def test_fault_slow_delays_a_normal_answer(emu, stand_in):
     emu.inject(kind="slow", delay=0.5)
     started = time.monotonic()
-    answer = post_exchange(emu, exchange_form(idp.token(), new_key().public_key()))
+    answer = post_exchange(emu, exchange_form(stand_in.token(), new_key().public_key()))
     assert time.monotonic() - started >= 0.5
     assert answer.status_code == 200 and "token" in answer.json()
 
 
-def wait_for(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
-def test_fault_slow_trips_a_client_timeout(emu, idp):
+def test_fault_slow_trips_a_client_timeout(emu, stand_in):
     before = len(emu.exchanges)
     emu.inject(kind="slow", delay=1)
     with pytest.raises(requests.Timeout):
         requests.post(emu.token_exchange_url, auth=(CLIENT_ID, CLIENT_SECRET), timeout=0.3,
-                      data=exchange_form(idp.token(), new_key().public_key()))
+                      data=exchange_form(stand_in.token(), new_key().public_key()))
     # The server still finishes that exchange; let it, so its record cannot land in the
     # middle of the next test's assertions.
-    wait_for(lambda: len(emu.exchanges) > before)
+    wait_until(lambda: len(emu.exchanges) > before, 5, "the emulator to finish the slow exchange")
 
 
-def test_fault_drop_closes_without_answer(emu, idp):
+def test_in_progress_counts_a_held_request_until_it_is_answered(emu, stand_in):
+    emu.inject(kind="slow", delay=2)
+    answers = []
+    client = threading.Thread(target=lambda: answers.append(
+        post_exchange(emu, exchange_form(stand_in.token(), new_key().public_key()))))
+    assert emu.in_progress() == 0
+    client.start()
+    wait_until(lambda: emu.in_progress() == 1, 5, "the emulator to hold the exchange")
+    client.join(timeout=10)
+    assert answers[0].status_code == 200
+    assert emu.in_progress() == 0
+    assert emu.in_progress("/n") == 0
+
+
+def test_fault_drop_closes_without_answer(emu, stand_in):
     emu.inject(kind="drop")
     with pytest.raises(requests.ConnectionError):
-        post_exchange(emu, exchange_form(idp.token(), new_key().public_key()))
+        post_exchange(emu, exchange_form(stand_in.token(), new_key().public_key()))
     assert emu.requests[-1]["status"] == 0
 
 
@@ -486,9 +487,9 @@ def test_fault_drop_closes_without_answer(emu, idp):
     ("bad_json", 200, "application/json", lambda a: not _is_json(a.text)),
     ("no_token", 200, "application/json", lambda a: a.json() == {}),
 ])
-def test_fault_bad_answers(emu, idp, kind, status, content_type, check):
+def test_fault_bad_answers(emu, stand_in, kind, status, content_type, check):
     emu.inject(kind=kind)
-    answer = post_exchange(emu, exchange_form(idp.token(), new_key().public_key()))
+    answer = post_exchange(emu, exchange_form(stand_in.token(), new_key().public_key()))
     assert answer.status_code == status
     assert answer.headers["Content-Type"] == content_type
     assert check(answer)
@@ -503,10 +504,10 @@ def _is_json(text):
         return False
 
 
-def test_fault_wrong_jwk_gives_an_unusable_upst(emu, idp):
+def test_fault_wrong_jwk_gives_an_unusable_upst(emu, stand_in):
     key = new_key()
     emu.inject(kind="wrong_jwk")
-    upst = exchange_ok(emu, idp, key)
+    upst = exchange_ok(emu, stand_in, key)
     claims = ocisig.verify_upst(upst, emu.public_key)
     assert key_fingerprint(ocisig.session_public_key(claims)) != key_fingerprint(
         key.public_key())

@@ -17,7 +17,6 @@ import shlex
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -27,7 +26,8 @@ import jwt
 import pytest
 import requests
 
-from tests.bed.idp import TestIdP
+from tests.bed.idp import TestIdP, token_fingerprint
+from tests.polling import wait_until
 
 BED = Path(__file__).resolve().parents[1] / "bed"
 BROWSER_USER = BED / "browser_user.py"
@@ -35,15 +35,8 @@ CHROMIUM_USER = BED / "chromium_user.py"
 CHROMIUM = Path("/usr/bin/chromium")
 HTTP_TIMEOUT = 10
 
-
-@pytest.fixture(scope="module")
-def idp(tmp_path_factory):
-    server = TestIdP(tmp_path_factory.mktemp("idp"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+# `idp` is the run's one provider (tests/conftest.py), shared with tests/e2e: a test counts
+# only the events after its own mark.
 
 
 class CallbackCatcher:
@@ -157,6 +150,7 @@ def signed_in(idp, tmp_path, **kwargs) -> Dict:
 
 
 def test_code_flow_jwt_rotation_and_reuse_detection(idp, tmp_path):
+    start = idp.mark()
     flow = authorize(idp, tmp_path)
     record = flow["record"]
     assert record["error"] is None and record["callback_status"] == 200
@@ -185,7 +179,7 @@ def test_code_flow_jwt_rotation_and_reuse_detection(idp, tmp_path):
     assert resp.status_code == 200, resp.text
     second_rt = resp.json()["refresh_token"]
     assert second_rt != first_rt, "rotation must issue a new refresh token"
-    assert idp.count("grant.success", grant_type="refresh_token") >= 1
+    assert len(idp.events_since(start, "grant.success", grant_type="refresh_token")) >= 1
 
     mark = idp.mark()
     resp = refresh(idp, first_rt)
@@ -204,6 +198,37 @@ def test_code_flow_jwt_rotation_and_reuse_detection(idp, tmp_path):
     output = idp.output()
     for secret in (first_rt, second_rt, access, flow["callback"]["code"], flow["verifier"]):
         assert secret not in output
+
+
+def test_events_name_what_the_client_presented_and_got(idp, tmp_path):
+    """PKCE use, and the refresh tokens presented and issued by fingerprint, never by value;
+    every request by method and path; sync() orders the events before it."""
+    mark = idp.mark()
+    flow = authorize(idp, tmp_path)
+    first_rt = redeem(idp, flow).json()["refresh_token"]
+    second_rt = refresh(idp, first_rt).json()["refresh_token"]
+    assert refresh(idp, first_rt).status_code == 400  # reused: the grant is revoked
+    idp.sync()
+
+    code, rotation, reuse = idp.events_since(mark, "token_request")
+    assert code["grant_type"] == "authorization_code" and code["status"] == 200
+    assert code["code_verifier_sent"] is True and code["refresh_token_fp"] is None
+    assert code["issued_refresh_token_fp"] == token_fingerprint(first_rt)
+    assert rotation["refresh_token_fp"] == token_fingerprint(first_rt)
+    assert rotation["issued_refresh_token_fp"] == token_fingerprint(second_rt)
+    assert rotation["code_verifier_sent"] is False
+    assert reuse["status"] == 400 and reuse["refresh_token_fp"] == token_fingerprint(first_rt)
+    assert reuse["issued_refresh_token_fp"] is None
+    assert [e["code_challenge_method"] for e in idp.events_since(mark, "authorization.success")] \
+        == ["S256"]
+    requests_seen = [(e["method"], e["path"]) for e in idp.events_since(mark, "http_request")]
+    assert ("GET", urlsplit(idp.authorize_url).path) in requests_seen
+    assert requests_seen.count(("POST", urlsplit(idp.token_url).path)) == 3
+    assert all(path != "/__test/sync" for _, path in requests_seen)
+    assert all("?" not in path for _, path in requests_seen)
+    assert len(idp.events_since(mark, "sync")) == 1
+    for secret in (first_rt, second_rt, flow["verifier"], flow["callback"]["code"]):
+        assert secret not in idp.output()
 
 
 def test_wrong_password_shows_error_and_no_code(idp, tmp_path):
@@ -251,6 +276,7 @@ def test_revoked_refresh_token_is_dead(idp, tmp_path):
 
 
 def test_confidential_client_basic_auth(idp, tmp_path):
+    start = idp.mark()
     flow = authorize(idp, tmp_path, client_id=idp.confidential_client_id)
     assert flow["callback"] and "code" in flow["callback"]
 
@@ -268,11 +294,12 @@ def test_confidential_client_basic_auth(idp, tmp_path):
     resp = refresh(idp, tokens["refresh_token"], client_id=idp.confidential_client_id, auth=good)
     assert resp.status_code == 200, resp.text
     # Events reach us through node's stdout a moment after the HTTP answer: poll, bounded.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and idp.count(
-            "token_request", client_id=idp.confidential_client_id, client_auth="basic", status=200) < 2:
-        time.sleep(0.05)
-    assert idp.count("token_request", client_id=idp.confidential_client_id, client_auth="basic", status=200) >= 2
+    def basic_grants():
+        return len(idp.events_since(start, "token_request", client_id=idp.confidential_client_id,
+                                    client_auth="basic", status=200))
+
+    wait_until(lambda: basic_grants() >= 2, 5, "the provider's events of the two Basic-authenticated grants")
+    assert basic_grants() >= 2
     assert idp.confidential_client_secret not in idp.output()
 
 
