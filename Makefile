@@ -6,8 +6,10 @@ IDP := tests/idp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BROWSER_MODE ?= scripted
 PYTEST_ARGS ?=
+# e.g. make bench BENCH_ARGS=--json, or BENCH_ARGS="--quick", "--runs 40", "--skip daemon"
+BENCH_ARGS ?=
 
-.PHONY: test demo bench lint setup setup-python setup-idp setup-system setup-browser clean
+.PHONY: test demo bench lint setup setup-python setup-idp setup-system setup-browser setup-bench clean
 
 test: setup setup-browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -15,8 +17,11 @@ test: setup setup-browser
 demo: setup
 	$(BIN)/python tests/sandbox/demo.py --browser $(BROWSER_MODE)
 
-bench: setup
-	$(BIN)/python tests/bench/bench_startup.py
+# Numbers only (never asserts timings). With BENCH_ARGS=--json stdout is one JSON object: the
+# set-up's own output goes to stderr.
+bench:
+	@$(MAKE) --no-print-directory setup setup-bench >&2
+	@$(BIN)/python tests/bench/bench.py $(BENCH_ARGS)
 
 lint: setup-python
 	$(BIN)/ruff check oci_upst_session_manager.py tests
@@ -46,6 +51,11 @@ setup-system:
 setup-browser:
 	@test -x /usr/bin/chromium || \
 	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+# GNU time reads a child's own peak RSS (a child's ru_maxrss counts its Python parent's too).
+setup-bench:
+	@test -x /usr/bin/time || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq time; }
 
 clean:
 	rm -rf $(VENV) $(IDP)/node_modules .pytest_cache *.egg-info
