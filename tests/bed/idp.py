@@ -328,21 +328,6 @@ class TestIdP:
             raise RuntimeError(f"the provider answered {resp.status_code} to a sync")
         self.wait_for("sync", timeout=timeout, since=mark, id=sync_id)
 
-    def sync(self, timeout: float = 10.0) -> None:
-        """Return once every event the provider emitted before this call is in `events`.
-
-        A client that got its answer may look before the reader thread saw the event the
-        provider wrote just before answering. This sends a token request of a grant type no
-        client uses (refused, and logged like any token request, with a unique client_id)
-        and waits for its event: the provider writes events in order, so all earlier ones
-        are in by then. Use it before asserting that something did NOT happen.
-        """
-        marker = "woci-test-sync-" + uuid.uuid4().hex
-        since = self.mark()
-        requests.post(self.token_url, data={"grant_type": "urn:woci:test:sync",
-                                            "client_id": marker}, timeout=HTTP_TIMEOUT)
-        self.wait_for("token_request", timeout=timeout, since=since, client_id=marker)
-
     # ------------------------------------------------------------ helpers
 
     def revoke(self, token: str, client_id: Optional[str] = None, client_secret: Optional[str] = None,
