@@ -2354,6 +2354,56 @@ class AutoRefreshThread(threading.Thread):
 # --- the daemon -------------------------------------------------------------------------------
 
 
+# Failures a renewal child may report, by name; anything else arrives as a plain WociError.
+CHILD_FAILURES = {cls.__name__: cls for cls in (SignInNeeded, RefreshTokenError, ConfigError,
+                                                AuthError, HttpError, ExchangeError,
+                                                StorageError)}
+
+
+def ensure_in_child(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS,
+                    renewal: Renewal = Renewal.IF_NEEDED) -> TokenState:
+    """ensure_session in a forked child that reports back through a pipe.
+
+    The daemon lives for days and renews a few times an hour: doing each renewal in a child
+    keeps requests, cryptography and their memory out of the long-lived process. The child
+    shares the daemon's memory as it was, the passphrase included, and nothing else.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        report = {"ok": True}
+        try:
+            ensure_session(session, min_validity, renewal)
+        except WociError as exc:
+            report = {"ok": False, "kind": type(exc).__name__, "message": str(exc),
+                      "exit_code": exc.exit_code}
+        except KeyboardInterrupt:
+            report = {"ok": False, "kind": "WociError", "message": "interrupted",
+                      "exit_code": EXIT_INTERRUPTED}
+        except BaseException:  # the log is all a detached process has
+            log().exception("the renewal crashed")
+            report = {"ok": False, "kind": "WociError", "message": "the renewal crashed"}
+        finally:
+            os.write(write_fd, json.dumps(report).encode())
+            os._exit(EXIT_OK)
+    os.close(write_fd)
+    chunks = []
+    with os.fdopen(read_fd, "rb") as pipe:
+        chunks.append(pipe.read())
+    os.waitpid(pid, 0)
+    try:
+        report = json.loads(b"".join(chunks) or b"null")
+        ok, kind, message = report["ok"], report.get("kind"), str(report.get("message"))
+        exit_code = report.get("exit_code") if isinstance(report.get("exit_code"), int) else None
+    except (ValueError, TypeError, KeyError):
+        ok, kind, message, exit_code = False, None, "the renewal process ended without a word", None
+    if not ok:
+        raise CHILD_FAILURES.get(kind, WociError)(message, exit_code)
+    return read_session_token(session.paths)
+
+
+
 class PidFile:
     """The daemon's pid file, flock-ed by the daemon for its whole life.
 
@@ -2928,10 +2978,13 @@ def run_daemon_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, 
     if running is not None:
         raise DaemonError(f"a woci daemon already runs for profile {settings.profile} "
                           f"(pid {running})")
-    ensure_session(session)
     if session.passphrase.configured:
-        session.passphrase.get()  # asked here, kept in the daemon's memory only
-    pid = start_daemon(Renewer(session, settings.refresh_safety_window), paths)
+        # Asked here, kept in the daemon's memory only (and its renewal children's).
+        session.passphrase.get(creating=not session.refresh_tokens.holds_encrypted())
+    # In a child too: this process becomes the daemon, which stays small.
+    ensure_in_child(session)
+    pid = start_daemon(Renewer(session, settings.refresh_safety_window,
+                               ensure=ensure_in_child), paths)
     print(pid)
     print(f"woci: daemon for profile {settings.profile} started (pid {pid}); log: "
           f"{paths.daemon_log}", file=sys.stderr)

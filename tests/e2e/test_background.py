@@ -142,6 +142,10 @@ def test_daemon_renews_repeatedly_without_browser_or_cpu_spin(daemon_user, emula
 
     assert cpu_seconds(pid) - cpu_start < 2.0, "the daemon should sleep between renewals"
     assert len(user.browser_opens()) == 1
+    # Renewals run in child processes: the long-lived daemon never maps OpenSSL or
+    # cryptography's library (requests and cryptography would keep ~20 MiB resident).
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "libcrypto" not in maps and "_rust.abi3" not in maps and "_ssl" not in maps
     status = user.run("--profile", user.profile, "--daemon-status")
     assert status.returncode == 0
     assert f"pid {pid}" in status.stdout and "last renewal" in status.stdout
