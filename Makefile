@@ -7,12 +7,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BROWSER_MODE ?= scripted
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench lint setup setup-python setup-idp setup-system setup-browser clean
+.PHONY: test demo bench lint setup setup-python setup-demo setup-idp setup-system setup-node \
+	setup-kubectl setup-browser clean
 
 test: setup setup-browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: setup
+# The demo needs node (the provider), woci and the OCI CLI: the `demo` extra, not the `test` one.
+demo: setup-node setup-demo setup-idp
 	$(BIN)/python tests/sandbox/demo.py --browser $(BROWSER_MODE)
 
 bench: setup
@@ -23,10 +25,17 @@ lint: setup-python
 
 setup: setup-system setup-python setup-idp
 
+# The test extra includes the demo extra, so a venv set up for the tests serves the demo too.
 setup-python: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@ $(VENV)/.installed-demo
+
+setup-demo: $(VENV)/.installed-demo
+$(VENV)/.installed-demo: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[demo]'
 	touch $@
 
 setup-idp: $(IDP)/node_modules/.installed
@@ -36,9 +45,13 @@ $(IDP)/node_modules/.installed: $(IDP)/package-lock.json $(IDP)/package.json
 
 # node runs the test identity provider; kubectl is already on this kind of machine, and
 # Debian's kubernetes-client would replace a newer one, so it is installed only when missing.
-setup-system:
+setup-system: setup-node setup-kubectl
+
+setup-node:
 	@command -v node >/dev/null && command -v npm >/dev/null || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+
+setup-kubectl:
 	@command -v kubectl >/dev/null || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq kubernetes-client; }
 
