@@ -9,12 +9,14 @@ PYTEST_ARGS ?=
 # e.g. make bench BENCH_ARGS=--json, or BENCH_ARGS="--quick", "--runs 40", "--skip daemon"
 BENCH_ARGS ?=
 
-.PHONY: test demo bench lint setup setup-python setup-idp setup-system setup-browser setup-bench clean
+.PHONY: test demo bench lint setup setup-python setup-demo setup-idp setup-system setup-node \
+	setup-kubectl setup-browser setup-bench clean
 
-test: setup setup-browser
+test: setup setup-browser setup-bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: setup
+# The demo needs node (the provider), woci and the OCI CLI: the `demo` extra, not the `test` one.
+demo: setup-node setup-demo setup-idp
 	$(BIN)/python tests/sandbox/demo.py --browser $(BROWSER_MODE)
 
 # Numbers only (never asserts timings). With BENCH_ARGS=--json stdout is one JSON object: the
@@ -28,10 +30,17 @@ lint: setup-python
 
 setup: setup-system setup-python setup-idp
 
+# The test extra includes the demo extra, so a venv set up for the tests serves the demo too.
 setup-python: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@ $(VENV)/.installed-demo
+
+setup-demo: $(VENV)/.installed-demo
+$(VENV)/.installed-demo: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[demo]'
 	touch $@
 
 setup-idp: $(IDP)/node_modules/.installed
@@ -41,9 +50,13 @@ $(IDP)/node_modules/.installed: $(IDP)/package-lock.json $(IDP)/package.json
 
 # node runs the test identity provider; kubectl is already on this kind of machine, and
 # Debian's kubernetes-client would replace a newer one, so it is installed only when missing.
-setup-system:
+setup-system: setup-node setup-kubectl
+
+setup-node:
 	@command -v node >/dev/null && command -v npm >/dev/null || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+
+setup-kubectl:
 	@command -v kubectl >/dev/null || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq kubernetes-client; }
 

@@ -30,8 +30,20 @@ WAIT_FOR_RENEWAL = 12
 PROFILE = "demo"
 
 
+def use_colour(stream=sys.stdout, environ=os.environ) -> bool:
+    """Bold headings only on a terminal, never with NO_COLOR set (https://no-color.org) or on
+    TERM=dumb: piped into a log they would come out as escape codes."""
+    if environ.get("NO_COLOR") or environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def say(text: str) -> None:
-    print(f"\n\033[1m==> {text}\033[0m", flush=True)
+    if use_colour():
+        print(f"\n\033[1m==> {text}\033[0m", flush=True)
+    else:
+        print(f"\n==> {text}", flush=True)
 
 
 def write_manager_ini(home: Path, idp: TestIdP, emu: OciEmulator, login_timeout: int) -> Path:
