@@ -152,6 +152,11 @@ TOKEN_FILE = "token"
 KEY_FILE = "oci_api_key.pem"
 PUBLIC_KEY_FILE = "oci_api_key_public.pem"
 REFRESH_TOKEN_FILE = "refresh_token"
+# Beside where the file would be when the refresh token is in the OS keyring: which item holds
+# it (never the token), so --status and --logout find it without opening the keyring.
+KEYRING_MARKER_FILE = "refresh_token.keyring"
+KEYRING_SERVICE = "woci"
+REFRESH_TOKEN_STORAGES = ("file", "keyring")
 LOCK_FILE = "woci.lock"
 # One lock per OCI config file, in the sessions folder: never a stray file beside the config.
 CONFIG_LOCK_PREFIX = ".oci-config-"
@@ -517,6 +522,7 @@ INI_ONLY_KEYS = {
     "region": "text",
     "prompt": "text",
     "encrypt_refresh_token": "bool",
+    "refresh_token_storage": "storage",
 }
 VALUE_KINDS = ("text", "url", "port", "seconds", "level")
 OPTIONS_BY_FLAG = {name: spec for spec in OPTIONS for name in (spec.flag, spec.alias) if name}
@@ -678,6 +684,7 @@ class Settings:
     refresh_token_passphrase_env: Optional[str] = None
     refresh_token_passphrase_prompt: bool = False
     encrypt_refresh_token: bool = False
+    refresh_token_storage: str = "file"   # or "keyring" (SPEC 14)
     auto_refresh: bool = False
     refresh_safety_window: float = DEFAULT_REFRESH_SAFETY_WINDOW
     log_level: str = DEFAULT_LOG_LEVEL
@@ -782,6 +789,11 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
             raise ConfigError(f"{key} in {where} must be a positive number of seconds, "
                               f"not {text!r}")
         return seconds
+    if kind == "storage":
+        if text.lower() not in REFRESH_TOKEN_STORAGES:
+            raise ConfigError(f"{key} in {where} must be one of "
+                              f"{', '.join(REFRESH_TOKEN_STORAGES)}, not {text!r}")
+        return text.lower()
     if kind == "level":
         if text.upper() not in LOG_LEVELS:
             raise ConfigError(f"{key} in {where} must be one of {', '.join(LOG_LEVELS)}, "
@@ -872,6 +884,7 @@ class SessionPaths:
     key = property(lambda self: self.folder / KEY_FILE)
     public_key = property(lambda self: self.folder / PUBLIC_KEY_FILE)
     refresh_token = property(lambda self: self.folder / REFRESH_TOKEN_FILE)
+    keyring_marker = property(lambda self: self.folder / KEYRING_MARKER_FILE)
     lock = property(lambda self: self.folder / LOCK_FILE)
     pid = property(lambda self: self.folder / PID_FILE)
     daemon_state = property(lambda self: self.folder / DAEMON_STATE_FILE)
@@ -1156,11 +1169,111 @@ def decrypt_refresh_token(raw: bytes, passphrase: str, path: Path) -> str:
     return plain.decode("utf-8")
 
 
-class RefreshTokenStore:
-    """The refresh token on disk: plain text, or encrypted JSON when a passphrase is set."""
+class KeyringItem(NamedTuple):
+    """The keyring item holding a refresh token: one per OCI config file and profile."""
 
-    def __init__(self, path: Path, passphrase: PassphraseSource):
+    service: str
+    username: str
+
+    @classmethod
+    def for_profile(cls, config_file: Path, profile: str) -> "KeyringItem":
+        return cls(KEYRING_SERVICE, f"{os.path.realpath(config_file)} [{profile}]")
+
+    def write_marker(self, path: Path) -> None:
+        atomic_write(path, json.dumps({"service": self.service,
+                                       "username": self.username}).encode("utf-8"))
+
+    @classmethod
+    def read_marker(cls, path: Path) -> Optional["KeyringItem"]:
+        try:
+            document = json.loads(read_file_if_present(path) or b"null")
+        except (StorageError, ValueError):
+            return None
+        if isinstance(document, dict) and isinstance(document.get("service"), str) and \
+                isinstance(document.get("username"), str):
+            return cls(document["service"], document["username"])
+        return None
+
+
+def open_keyring() -> Tuple[Optional[object], str]:
+    """The OS keyring's backend and its name, or None and why it cannot be used.
+
+    keyring is an optional extra (woci[keyring]), imported only by keyring storage. Its fail
+    and null backends are no keyring: the null one would silently drop the refresh token.
+    """
+    try:
+        import keyring
+    except ImportError:
+        return None, "the keyring package is not installed (pip install 'woci[keyring]')"
+    try:
+        backend = keyring.get_keyring()
+    except Exception as exc:  # a keyring configuration can fail in any backend's own way
+        return None, f"the keyring cannot be opened ({type(exc).__name__}: {one_line(exc)})"
+    name = f"{type(backend).__module__}.{type(backend).__name__}"
+    if type(backend).__module__ in ("keyring.backends.fail", "keyring.backends.null"):
+        return None, f"no usable keyring backend ({name})"
+    return backend, name
+
+
+def keyring_call(what: str, call: Callable[[], object]) -> object:
+    """One keyring operation; whatever the backend raises becomes one StorageError line."""
+    try:
+        return call()
+    except Exception as exc:  # D-Bus, a locked collection, a file backend's OSError...
+        raise StorageError(f"cannot {what} the OS keyring: {type(exc).__name__}: "
+                           f"{one_line(exc)[:200]}") from exc
+
+
+def drop_keyring_item(marker: Path, fallback: KeyringItem, backend) -> None:
+    """Delete the item the marker names, then the marker; an item already gone is no error."""
+    item = KeyringItem.read_marker(marker) or fallback
+    if keyring_call("read", lambda: backend.get_password(item.service, item.username)):
+        keyring_call("delete from", lambda: backend.delete_password(item.service, item.username))
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        pass
+
+
+class RefreshTokenStore:
+    """The refresh token on disk: plain text, or encrypted JSON when a passphrase is set.
+
+    keyring_marker, when given, is where a keyring store would have left its marker: settle()
+    then moves a token from the keyring back into the file (refresh_token_storage = file).
+    """
+
+    def __init__(self, path: Path, passphrase: PassphraseSource,
+                 keyring_marker: Optional[Path] = None, item: Optional[KeyringItem] = None,
+                 open_backend: Callable[[], Tuple[Optional[object], str]] = open_keyring):
         self.path, self.passphrase = path, passphrase
+        self.keyring_marker, self.item, self.open_backend = keyring_marker, item, open_backend
+
+    def stored(self) -> bool:
+        """A refresh token is here or in the keyring to be moved here; no keyring opened."""
+        return self.path.exists() or bool(self.keyring_marker and self.keyring_marker.exists())
+
+    def settle(self) -> None:
+        """Move a token left in the keyring into the file; called once under the profile lock.
+        A file written while the keyring was unusable is newer than the keyring item."""
+        marker = self.keyring_marker
+        if marker is None or not marker.exists():
+            return
+        backend, why = self.open_backend()
+        if backend is None:
+            LOG.warning("the refresh token is in the OS keyring but %s; it stays there (set "
+                        "refresh_token_storage = keyring to use it)", why)
+            return
+        item = KeyringItem.read_marker(marker) or self.item
+        if item is None:
+            marker.unlink(missing_ok=True)
+            return
+        if not self.path.exists():
+            token = keyring_call("read", lambda: backend.get_password(item.service,
+                                                                      item.username))
+            if isinstance(token, str) and token:
+                self.save(token)
+                LOG.info("moved the refresh token from the OS keyring to %s", self.path)
+        drop_keyring_item(marker, item, backend)
 
     def load(self) -> Optional[str]:
         raw = read_file_if_present(self.path)
@@ -1197,6 +1310,118 @@ class RefreshTokenStore:
         except StorageError:
             return False
         return raw is not None and is_encrypted_document(raw)
+
+
+class NoPassphrase:
+    """The passphrase of a keyring store: none, the keyring protects the item (SPEC 14)."""
+
+    configured = False
+
+    def get(self, creating: bool = False) -> str:
+        raise RefreshTokenError("a refresh token in the OS keyring has no passphrase")
+
+
+class KeyringRefreshTokenStore:
+    """The refresh token as one item in the OS keyring, with RefreshTokenStore's interface.
+
+    A marker file in the session folder names the item (never the token), so --status and
+    --logout know where the token is without opening the keyring. With no keyring package or
+    no usable backend: one warning, then the file store does the work. When both hold a token
+    the file is the newer one: every keyring save removes the file.
+    """
+
+    def __init__(self, item: KeyringItem, file_store: RefreshTokenStore, marker: Path,
+                 open_backend: Callable[[], Tuple[Optional[object], str]] = open_keyring):
+        self.item, self.file_store, self.marker = item, file_store, marker
+        self.open_backend = open_backend
+        self._opened = False
+        self._backend: Optional[object] = None
+
+    def _keyring(self):
+        """The backend, opened once; None (after one warning) when it cannot be used."""
+        if not self._opened:
+            self._opened = True
+            self._backend, why = self.open_backend()
+            if self._backend is None:
+                LOG.warning("refresh_token_storage = keyring, but %s; keeping the refresh "
+                            "token in %s", why, self.file_store.path)
+        return self._backend
+
+    @property
+    def passphrase(self):
+        return self.file_store.passphrase if self._keyring() is None else NoPassphrase()
+
+    @property
+    def path(self) -> Path:
+        """Where the token is, for messages: the file when the keyring cannot be used."""
+        return self.file_store.path if self._keyring() is None else self.marker
+
+    def stored(self) -> bool:
+        return self.marker.exists() or self.file_store.path.exists()
+
+    def settle(self) -> None:
+        """Move a token from the file into the keyring; called once under the profile lock."""
+        if self._keyring() is None or not self.file_store.path.exists():
+            return
+        token = self.file_store.load()
+        if token is not None:
+            self.save(token)
+            LOG.info("moved the refresh token from %s to the OS keyring", self.file_store.path)
+
+    def load(self) -> Optional[str]:
+        backend = self._keyring()
+        if backend is None or self.file_store.path.exists():
+            return self.file_store.load()
+        if not self.marker.exists():
+            return None
+        item = KeyringItem.read_marker(self.marker) or self.item
+        token = keyring_call("read", lambda: backend.get_password(item.service, item.username))
+        if not isinstance(token, str) or not token:
+            LOG.warning("the OS keyring holds no refresh token for %s (removed by hand?)",
+                        item.username)
+            return None
+        return token
+
+    def save(self, token: str) -> None:
+        backend = self._keyring()
+        if backend is None:
+            self.file_store.save(token)
+            return
+        try:
+            keyring_call("write to", lambda: backend.set_password(self.item.service,
+                                                                  self.item.username, token))
+        except StorageError as exc:
+            # The token may be a just-rotated one: it must be kept somewhere.
+            LOG.warning("%s; keeping the refresh token in %s", exc, self.file_store.path)
+            self.file_store.save(token)
+            return
+        previous = KeyringItem.read_marker(self.marker)
+        self.item.write_marker(self.marker)
+        if previous is not None and previous != self.item:
+            try:
+                keyring_call("delete from",
+                             lambda: backend.delete_password(previous.service, previous.username))
+            except StorageError as exc:
+                LOG.warning("%s (an old item of woci's)", exc)
+        try:
+            self.file_store.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot remove {self.file_store.path}: "
+                               f"{describe_os_error(exc)}") from exc
+
+    def holds_encrypted(self) -> bool:
+        return self._keyring() is None and self.file_store.holds_encrypted()
+
+
+def refresh_token_store(settings: Settings, paths: SessionPaths, passphrase: PassphraseSource):
+    """The store refresh_token_storage asks for: the file, or the OS keyring."""
+    item = KeyringItem.for_profile(settings.oci_config_file, settings.profile)
+    file_store = RefreshTokenStore(paths.refresh_token, passphrase, paths.keyring_marker, item)
+    if settings.refresh_token_storage == "keyring":
+        return KeyringRefreshTokenStore(item, file_store, paths.keyring_marker)
+    return file_store
 
 
 # --- the OCI config file ---------------------------------------------------------------------
@@ -1824,8 +2049,8 @@ class Session:
              passphrase: Optional[PassphraseSource] = None, background: bool = False,
              **seams) -> "Session":
         paths = SessionPaths.for_profile(settings.profile, environ)
-        store = RefreshTokenStore(paths.refresh_token,
-                                  passphrase or PassphraseSource(settings, environ))
+        store = refresh_token_store(settings, paths,
+                                    passphrase or PassphraseSource(settings, environ))
         return cls(settings, environ, paths, store,
                    can_sign_in=settings.interactive and not background, **seams)
 
@@ -1954,7 +2179,8 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
     2. Nobody can sign in and no refresh token is stored: SignInNeeded at once, without
        waiting for a lock another woci may hold for its own sign-in.
     3. Take the profile lock and look again: another woci may have renewed it meanwhile.
-    4. Make sure a new refresh token could be stored (the passphrase, if one is configured)
+    4. Move the refresh token between file and keyring if refresh_token_storage changed;
+       make sure a new refresh token could be stored (the passphrase, if one is configured)
        before any grant spends the old one.
     5. A refresh token is stored: refresh grant (a refused token is re-read once: another
        process may have rotated it), the rotated token saved at once.
@@ -1967,7 +2193,7 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
         state = read_session_token(paths)
         if session_is_fresh(state, session.now(), min_validity) and _profile_points_here(session):
             return state
-    if not session.can_sign_in and not paths.refresh_token.exists():
+    if not session.can_sign_in and not session.refresh_tokens.stored():
         raise SignInNeeded(sign_in_hint(settings))
     with ProfileLock(paths.lock, settings.login_timeout + LOCK_GRACE_SECONDS, settings.profile):
         state = read_session_token(paths)
@@ -1978,6 +2204,7 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
             LOG.warning("%s; getting a new one", state.problem)
         # An OCI config woci could not update must stop it before a refresh or a sign-in.
         _, config = read_oci_config(settings.oci_config_file)
+        session.refresh_tokens.settle()   # file <-> keyring, as refresh_token_storage says
         _prepare_refresh_token_storage(session)
         tokens = None if renewal is Renewal.SIGN_IN else _refresh(session)
         if tokens is None:

@@ -387,3 +387,16 @@ def test_non_ascii_digits_are_not_a_port():
     """`--redirect-port ²` is one clear configuration error, not a traceback."""
     with pytest.raises(woci.ConfigError, match="port number"):
         woci._convert("redirect_port", "port", "²", "--redirect-port")
+
+
+
+# --- refresh-token storage -------------------------------------------------------------------------
+
+
+def test_refresh_token_storage_from_the_ini():
+    """refresh_token_storage is file (the default) or keyring, in any case."""
+    assert settings_from([]).refresh_token_storage == "file"
+    s = settings_from([], REQUIRED_INI + "refresh_token_storage = KeyRing\n")
+    assert s.refresh_token_storage == "keyring"
+    with pytest.raises(woci.ConfigError, match="must be one of file, keyring, not 'vault'"):
+        settings_from([], REQUIRED_INI + "refresh_token_storage = vault\n")

@@ -637,3 +637,116 @@ def test_upsert_finds_a_section_header_followed_by_a_comment():
     out = woci.upsert_profile(text, "dev", {"region": "r"})
 
     assert out == "[dev]   # my dev\nuser=u\nregion=r\n"
+
+
+# --- keyring storage, against keyrings.alt's real file backend -------------------------------------
+
+
+@pytest.fixture
+def file_keyring(tmp_path):
+    """A real keyring backend (keyrings.alt, plain file) whose file lies in tmp_path."""
+    from keyrings.alt.file import PlaintextKeyring
+
+    backend = PlaintextKeyring()
+    backend.file_path = str(tmp_path / "keyring.cfg")
+    return backend
+
+
+def keyring_stores(tmp_path, backend, environ=None, **overrides):
+    paths = woci.SessionPaths(tmp_path / "sessions" / "p")
+    paths.folder.mkdir(parents=True)
+    item = woci.KeyringItem.for_profile(tmp_path / "config", "p")
+    opener = (lambda: (backend, "PlaintextKeyring")) if backend else \
+        (lambda: (None, "no usable keyring backend (keyring.backends.fail.Keyring)"))
+    file_store = woci.RefreshTokenStore(paths.refresh_token, source(environ, **overrides),
+                                        paths.keyring_marker, item, opener)
+    return paths, file_store, woci.KeyringRefreshTokenStore(item, file_store,
+                                                            paths.keyring_marker, opener)
+
+
+def test_keyring_item_is_one_per_config_file_and_profile(tmp_path):
+    a = woci.KeyringItem.for_profile(tmp_path / "config", "p")
+    assert a.service == "woci"
+    assert a.username == f"{os.path.realpath(tmp_path / 'config')} [p]"
+    assert a != woci.KeyringItem.for_profile(tmp_path / "config", "q")
+    assert a != woci.KeyringItem.for_profile(tmp_path / "other", "p")
+
+
+def test_keyring_round_trip_leaves_only_a_marker_on_disk(tmp_path, file_keyring):
+    """The token goes to the keyring; the session folder holds only the item's name."""
+    paths, _, store = keyring_stores(tmp_path, file_keyring)
+    assert store.load() is None and not store.stored()
+    store.save("rt-in-keyring")
+    assert file_keyring.get_password(store.item.service, store.item.username) == "rt-in-keyring"
+    assert not paths.refresh_token.exists()
+    assert "rt-in-keyring" not in paths.keyring_marker.read_text()
+    assert mode_of(paths.keyring_marker) == 0o600
+    assert store.stored() and store.load() == "rt-in-keyring"
+    assert not store.holds_encrypted() and not store.passphrase.configured
+
+
+def test_file_to_keyring_and_back_keeps_the_token(tmp_path, file_keyring):
+    """settle() moves the token each way; it is never in both places afterwards."""
+    paths, file_store, store = keyring_stores(tmp_path, file_keyring)
+    file_store.save("rt-moving")
+    store.settle()
+    assert not paths.refresh_token.exists() and store.load() == "rt-moving"
+    file_store.settle()
+    assert paths.refresh_token.read_text() == "rt-moving"
+    assert not paths.keyring_marker.exists()
+    assert file_keyring.get_password(store.item.service, store.item.username) is None
+
+
+def test_a_file_written_while_the_keyring_was_away_wins(tmp_path, file_keyring):
+    """Both hold a token: the file is the newer (every keyring save removes it)."""
+    paths, file_store, store = keyring_stores(tmp_path, file_keyring)
+    store.save("rt-old")
+    file_store.save("rt-new")
+    assert store.load() == "rt-new"
+    file_store.settle()
+    assert paths.refresh_token.read_text() == "rt-new" and not paths.keyring_marker.exists()
+
+
+def test_moving_an_encrypted_file_into_the_keyring_needs_its_passphrase(tmp_path, file_keyring):
+    """An encrypted file is opened with the configured passphrase, then stored in the keyring."""
+    environ = {"PW": "correct horse"}
+    paths, file_store, store = keyring_stores(tmp_path, file_keyring, environ,
+                                              refresh_token_passphrase_env="PW")
+    file_store.save("rt-encrypted")
+    assert store.passphrase.configured is False   # the keyring has no passphrase
+    store.settle()
+    assert store.load() == "rt-encrypted" and not paths.refresh_token.exists()
+
+
+def test_no_usable_keyring_is_one_warning_and_the_file(tmp_path, caplog):
+    """No backend: one warning however often the store is used, and the file does the work."""
+    paths, _, store = keyring_stores(tmp_path, None)
+    store.settle()
+    store.save("rt-in-file")
+    assert store.load() == "rt-in-file"
+    assert paths.refresh_token.read_text() == "rt-in-file"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "keeping the refresh token in" in warnings[0]
+    assert store.path == paths.refresh_token
+
+
+def test_a_keyring_that_fails_to_write_keeps_the_token_in_the_file(tmp_path, file_keyring,
+                                                                   caplog):
+    """A rotated token must survive a keyring that refuses it."""
+    paths, _, store = keyring_stores(tmp_path, file_keyring)
+    (tmp_path / "a-file").write_text("")
+    file_keyring.file_path = str(tmp_path / "a-file" / "keyring.cfg")   # cannot be written
+    store.save("rt-rotated")
+    assert paths.refresh_token.read_text() == "rt-rotated"
+    assert any("keeping the refresh token in" in r.getMessage() for r in caplog.records)
+
+
+def test_open_keyring_refuses_the_fail_and_null_backends(monkeypatch):
+    """keyring's placeholders are no keyring: the null one would drop the token silently."""
+    import keyring
+    from keyring.backends import fail, null
+
+    for placeholder in (fail.Keyring(), null.Keyring()):
+        monkeypatch.setattr(keyring, "get_keyring", lambda p=placeholder: p)
+        backend, why = woci.open_keyring()
+        assert backend is None and why.startswith("no usable keyring backend")
