@@ -16,8 +16,9 @@ For the OCI CLI profile in use, woci makes sure the session token is valid, then
 
 Files, in ~/.oci/sessions/<profile>/ (mode 0700), every one mode 0600 and written atomically:
 ``token`` (the UPST, no trailing newline), ``oci_api_key.pem`` and ``oci_api_key_public.pem``
-(the RSA session key), ``refresh_token`` (plain, or AES-256-GCM encrypted JSON),
-``woci.lock`` (the per-profile lock), and the daemon's ``woci_refresh.pid``,
+(the RSA session key), ``refresh_token`` (plain, or AES-256-GCM encrypted JSON; with
+refresh_token_storage = keyring the token is in the OS keyring and ``refresh_token.keyring``
+names its item), ``woci.lock`` (the per-profile lock), and the daemon's ``woci_refresh.pid``,
 ``woci_daemon.state`` and ``woci_daemon.log``; in ~/.oci/sessions/ one
 ``.oci-config-<hash>.lock`` per OCI config file. The OCI config profile is updated in place
 (key_file, security_token_file, fingerprint, tenancy, region); nothing else in it changes.
@@ -36,8 +37,9 @@ Sections, each reading only from those above it:
  6. Token exchange: the session key and the UPST.
  7. The session: ensure_session(), the renewal ladder.
  8. Background refresh: the renewer, the auto-refresh thread, the daemon.
- 9. Running oci (or --exec's command).
-10. Command line interface: help, one function per mode, main().
+ 9. Session tools: --status, --logout and --doctor, each step or check a small function.
+10. Running oci (or --exec's command).
+11. Command line interface: help, one function per mode, main().
 
 Exit codes: 0 success; 1 runtime failure (sign-in, refresh, exchange, file write); 2 usage or
 configuration error, or an unreadable refresh token; 127 oci not found; 130 interrupted;
@@ -110,6 +112,11 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Beyond this, a clock difference with the provider or OCI is worth telling the user about:
 # OCI refuses signed requests from a skewed clock.
 CLOCK_SKEW_TOLERANCE_SECONDS = 60
+# OCI refuses a signed request whose Date is more than 5 minutes off: --doctor fails there.
+CLOCK_SKEW_FAIL_SECONDS = 300
+# --doctor's probes: one attempt each, no retries, so a dead endpoint is reported quickly.
+PROBE_TIMEOUT = (3.0, 5.0)
+OCI_VERSION_TIMEOUT_SECONDS = 30
 
 # A process waiting for the profile lock may be behind a browser sign-in, which can take
 # login_timeout; this much more covers the exchange that follows it.
@@ -157,6 +164,8 @@ REFRESH_TOKEN_FILE = "refresh_token"
 KEYRING_MARKER_FILE = "refresh_token.keyring"
 KEYRING_SERVICE = "woci"
 REFRESH_TOKEN_STORAGES = ("file", "keyring")
+# The OKE credential cache (SPEC 13): woci's own folder, deleted whole by --logout.
+EXEC_CREDENTIALS_FOLDER = "exec-credentials"
 LOCK_FILE = "woci.lock"
 # One lock per OCI config file, in the sessions folder: never a stray file beside the config.
 CONFIG_LOCK_PREFIX = ".oci-config-"
@@ -363,6 +372,31 @@ def format_timestamp(epoch: float) -> str:
         return f"epoch {epoch!r} (not a date)"
 
 
+def iso_utc(epoch: object) -> Optional[str]:
+    """ISO-8601 UTC (`2025-01-31T12:00:00Z`), or None for a number that is no date."""
+    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
+        return None
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def jwt_expiry_or_none(token: str) -> Optional[int]:
+    """The exp of a token that is a JWT; None for an opaque token (most refresh tokens)."""
+    try:
+        return jwt_expiry(token)
+    except ValueError:
+        return None
+
+
+def mask_secret(value: str) -> str:
+    """Enough of a secret to tell which one is set, never enough to use it."""
+    if len(value) < 12:
+        return f"*** ({len(value)} characters)"
+    return f"{value[:2]}*** ({len(value)} characters)"
+
+
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
@@ -408,6 +442,9 @@ class Mode(enum.Enum):
     DAEMON = "daemon"
     DAEMON_STATUS = "daemon-status"
     STOP_DAEMON = "stop-daemon"
+    STATUS = "status"
+    LOGOUT = "logout"
+    DOCTOR = "doctor"
     HELP = "help"
     VERSION = "version"
 
@@ -445,6 +482,7 @@ BACKGROUND = "Background refresh"
 OUTPUT = "Output"
 OCI_READ = "OCI options woci reads (and passes on to oci)"
 MODES = "Modes"
+SESSION_TOOLS = "Session tools"
 
 OPTIONS: Tuple[OptionSpec, ...] = (
     OptionSpec("--manager-config", "manager_config", "text", CONFIGURATION,
@@ -514,6 +552,24 @@ OPTIONS: Tuple[OptionSpec, ...] = (
     OptionSpec("--daemon-status", Mode.DAEMON_STATUS.value, "mode", MODES,
                "Report the daemon; exit 1 if none runs."),
     OptionSpec("--stop-daemon", Mode.STOP_DAEMON.value, "mode", MODES, "Stop the daemon."),
+    OptionSpec("--status", Mode.STATUS.value, "mode", SESSION_TOOLS,
+               "Show the session at a glance: the session token's subject, tenancy, expiry and "
+               "time left, how the refresh token is stored, the daemon. No network, no lock, "
+               "no provider settings needed: fit for a shell prompt. Exit 0 when the session "
+               "is usable without a browser, else 1."),
+    OptionSpec("--json", "json", "flag", SESSION_TOOLS,
+               "With --status: one JSON object on stdout instead of text. Anywhere else it is "
+               "a usage error (exit 2).", in_ini=False),
+    OptionSpec("--logout", Mode.LOGOUT.value, "mode", SESSION_TOOLS,
+               "End the session: stop the daemon, revoke the refresh token at the provider "
+               "(revocation_url), delete the session token, keys, refresh token (or keyring "
+               "item) and OKE credential cache, and remove security_token_file, key_file and "
+               "fingerprint from the profile. A revocation that cannot be made is a warning."),
+    OptionSpec("--doctor", Mode.DOCTOR.value, "mode", SESSION_TOOLS,
+               "Find out why it does not work: one ok/warn/FAIL line per check (where each "
+               "setting came from, secrets masked; the endpoints, called without credentials; "
+               "the clock; oci; file modes; the session; the refresh token; the daemon). Exit "
+               "1 if anything fails."),
     OptionSpec("--help", Mode.HELP.value, "mode", MODES, "Show this help.", alias="-h"),
     OptionSpec("--version", Mode.VERSION.value, "mode", MODES, "Show woci's version."),
 )
@@ -522,6 +578,7 @@ INI_ONLY_KEYS = {
     "region": "text",
     "prompt": "text",
     "encrypt_refresh_token": "bool",
+    "revocation_url": "url",
     "refresh_token_storage": "storage",
 }
 VALUE_KINDS = ("text", "url", "port", "seconds", "level")
@@ -630,6 +687,12 @@ def split_command_line(argv: List[str]) -> CommandLine:
     return CommandLine(woci, oci_args, oci_options, mode, exec_argv)
 
 
+def check_option_combinations(cmd: CommandLine) -> None:
+    """Rules between options that the splitter cannot see one option at a time."""
+    if cmd.woci.get("json") and cmd.mode is not Mode.STATUS:
+        raise ConfigError("--json works only with --status: woci --status --json")
+
+
 def oci_command_words(oci_args: List[str]) -> List[str]:
     """The oci command's words (`session refresh`), past oci's global options and values."""
     words: List[str] = []
@@ -685,6 +748,7 @@ class Settings:
     refresh_token_passphrase_prompt: bool = False
     encrypt_refresh_token: bool = False
     refresh_token_storage: str = "file"   # or "keyring" (SPEC 14)
+    revocation_url: Optional[str] = None  # RFC 7009, for --logout
     auto_refresh: bool = False
     refresh_safety_window: float = DEFAULT_REFRESH_SAFETY_WINDOW
     log_level: str = DEFAULT_LOG_LEVEL
@@ -804,8 +868,13 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
 
 def build_settings(cmd: CommandLine, environ: Mapping[str, str],
                    manager_ini: Optional[configparser.ConfigParser],
-                   manager_path: Optional[Path]) -> Settings:
-    """Settings from flag > environment (secrets) > INI [profile] > INI [COMMON] > defaults."""
+                   manager_path: Optional[Path],
+                   required: Tuple[str, ...] = REQUIRED_KEYS) -> Settings:
+    """Settings from flag > environment (secrets) > INI [profile] > INI [COMMON] > defaults.
+
+    The session tools pass required=() and get "" for what is missing: --logout and --doctor
+    need only some settings, and say what they could not do without the others.
+    """
     profile = resolve_profile(cmd, environ)
     ini = ini_values(manager_ini, profile)
     ini_where = f"{manager_path} [{profile}] or [{COMMON_SECTION}]" if manager_path else "INI"
@@ -824,7 +893,7 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
             values[spec.key] = spec.flag_sets if spec.kind == "flag" else \
                 _convert(spec.key, spec.kind, cmd.woci[spec.key], spec.flag)
 
-    missing = [key for key in REQUIRED_KEYS if not values.get(key)]
+    missing = [key for key in required if not values.get(key)]
     if missing:
         where = manager_path or "~/.oci/woci_manager.ini"
         flags = ", ".join(f"{key} ({FLAG_OF_KEY[key]})" for key in missing)
@@ -837,6 +906,8 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
     # Any source saying "not interactive" wins: an INI saying true must not make CI wait.
     interactive = bool(values.pop("interactive", True)) and not env_flag_is_true(
         environ.get("CI"))
+    for key in REQUIRED_KEYS:
+        values.setdefault(key, "")
     values.setdefault("token_exchange_url", values["token_url"])
     fields = {f.name for f in dataclasses.fields(Settings)}
     return Settings(
@@ -848,6 +919,61 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
         ca_bundle=environ.get("OCI_CLI_CERT_BUNDLE") or None,
         **{k: v for k, v in values.items() if k in fields},
     )
+
+
+class SettingSource(NamedTuple):
+    """Where one setting's value comes from, as --doctor reports it."""
+
+    key: str
+    value: Optional[str]      # the text given, None when not set
+    source: str               # the flag, the variable, "<ini> [section]", "default", "not set"
+    problem: Optional[str]    # why the value is unusable
+
+
+def describe_settings(cmd: CommandLine, environ: Mapping[str, str],
+                      manager_ini: Optional[configparser.ConfigParser],
+                      manager_path: Optional[Path]) -> List[SettingSource]:
+    """Every setting with the source that wins, in build_settings' order of precedence."""
+    profile = resolve_profile(cmd, environ)
+    specs = {spec.key: spec for spec in SETTING_OPTIONS}
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)
+                if f.default is not dataclasses.MISSING}
+    ini = ini_values(manager_ini, profile)
+    described = []
+    for key, kind in INI_KINDS.items():
+        spec = specs.get(key)
+        value: Optional[str] = None
+        source = "not set"
+        if ini.get(key, "").strip():
+            assert manager_ini is not None
+            in_profile = manager_ini.has_option(profile, key) if \
+                manager_ini.has_section(profile) else False
+            value = ini[key]
+            source = f"{manager_path} [{profile if in_profile else COMMON_SECTION}]"
+        if spec is not None and spec.env and environ.get(spec.env):
+            value, source = environ[spec.env], f"env {spec.env}"
+        if spec is not None and spec.key in cmd.woci:
+            raw = cmd.woci[spec.key]
+            value = str(spec.flag_sets).lower() if spec.kind == "flag" else str(raw)
+            source = spec.flag
+        if key == "interactive" and env_flag_is_true(environ.get("CI")):
+            value, source = "false", "env CI"
+        problem = None
+        if value is not None:
+            try:
+                _convert(key, kind, value, source)
+            except ConfigError as exc:
+                problem = str(exc)
+        elif key == "token_exchange_url":
+            source = "default: the token URL"
+        elif defaults.get(key) is not None:
+            default = defaults[key]
+            value = str(default).lower() if isinstance(default, bool) else str(default)
+            if isinstance(default, float) and default.is_integer():
+                value = str(int(default))
+            source = "default"
+        described.append(SettingSource(key, value, source, problem))
+    return described
 
 
 def warn_if_secrets_exposed(path: Optional[Path], manager_ini: Optional[configparser.ConfigParser]
@@ -885,6 +1011,7 @@ class SessionPaths:
     public_key = property(lambda self: self.folder / PUBLIC_KEY_FILE)
     refresh_token = property(lambda self: self.folder / REFRESH_TOKEN_FILE)
     keyring_marker = property(lambda self: self.folder / KEYRING_MARKER_FILE)
+    exec_credentials = property(lambda self: self.folder / EXEC_CREDENTIALS_FOLDER)
     lock = property(lambda self: self.folder / LOCK_FILE)
     pid = property(lambda self: self.folder / PID_FILE)
     daemon_state = property(lambda self: self.folder / DAEMON_STATE_FILE)
@@ -1424,6 +1551,30 @@ def refresh_token_store(settings: Settings, paths: SessionPaths, passphrase: Pas
     return file_store
 
 
+class StoredRefreshToken(NamedTuple):
+    storage: Optional[str]      # file, encrypted-file, keyring, or None: none stored
+    expires_at: Optional[int]   # when the token is a JWT that woci can read without a secret
+
+
+def stored_refresh_token(paths: SessionPaths) -> StoredRefreshToken:
+    """How the refresh token is stored, from the files alone: no keyring, no passphrase."""
+    try:
+        raw = read_file_if_present(paths.refresh_token)
+    except StorageError:
+        return StoredRefreshToken("file", None)
+    if raw is not None:
+        if is_encrypted_document(raw):
+            return StoredRefreshToken("encrypted-file", None)
+        try:
+            text = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            text = ""
+        return StoredRefreshToken("file", jwt_expiry_or_none(text) if text else None)
+    if paths.keyring_marker.exists():
+        return StoredRefreshToken("keyring", None)
+    return StoredRefreshToken(None, None)
+
+
 # --- the OCI config file ---------------------------------------------------------------------
 
 
@@ -1519,6 +1670,32 @@ def upsert_profile(text: Optional[str], profile: str, values: Mapping[str, str])
     return "".join(lines[:start + 1] + kept + lines[end:])
 
 
+def remove_profile_keys(text: str, profile: str, keys: Tuple[str, ...]) -> Tuple[str, List[str]]:
+    """The config text without these keys (and their continuation lines) in the profile's
+    section, and the keys that were there; every other byte stays as it was."""
+    lines = split_config_lines(text)
+    start = next((i for i, line in enumerate(lines) if _is_section_header(line) == profile), None)
+    if start is None:
+        return text, []
+    end = next((i for i in range(start + 1, len(lines)) if _is_section_header(lines[i])),
+               len(lines))
+    kept: List[str] = []
+    removed: List[str] = []
+    skipping_continuation = False
+    for line in lines[start + 1:end]:
+        if skipping_continuation and line[:1].isspace() and line.strip():
+            continue
+        skipping_continuation = False
+        key = _key_of(line)
+        if key in keys:
+            if key not in removed:
+                removed.append(key)
+            skipping_continuation = True
+        else:
+            kept.append(line)
+    return "".join(lines[:start + 1] + kept + lines[end:]), [k for k in keys if k in removed]
+
+
 def write_oci_config(path: Path, old_text: Optional[str], new_text: str) -> None:
     if old_text == new_text:
         return
@@ -1599,6 +1776,36 @@ def update_oci_profile(settings: Settings, paths: SessionPaths, environ: Mapping
                          upsert_profile(text, settings.profile, values))
 
 
+# What a session adds to a profile and --logout takes away again; tenancy and region stay.
+SESSION_PROFILE_KEYS = ("security_token_file", "key_file", "fingerprint")
+
+
+def forget_session_in_profile(config_file: Path, profile: str, paths: SessionPaths,
+                              environ: Mapping[str, str]) -> List[str]:
+    """Remove SESSION_PROFILE_KEYS from the profile, under the config lock, when it points at
+    this session (a profile with the user's own API key is not woci's); the keys removed."""
+    folder = paths.folder.resolve()
+
+    def change(text: Optional[str], config: configparser.ConfigParser
+               ) -> Tuple[Optional[str], List[str]]:
+        if text is None or not profile_exists(config, profile):
+            return text, []
+        pointing = [key for key in ("security_token_file", "key_file")
+                    if config.get(profile, key, fallback="") and
+                    expand_home(config.get(profile, key), environ).parent.resolve() == folder]
+        return remove_profile_keys(text, profile, SESSION_PROFILE_KEYS) if pointing else \
+            (text, [])
+
+    if not change(*read_oci_config(config_file))[1]:
+        return []   # nothing to take away: no lock taken, no folder made for one
+    with ConfigLock(paths.root, config_file):
+        text, config = read_oci_config(config_file)
+        new_text, removed = change(text, config)
+        if removed and text is not None and new_text is not None:
+            write_oci_config(config_file, text, new_text)
+        return removed
+
+
 # --------------------------------------------------------------------------------------------
 # 5. HTTP and OpenID Connect
 # --------------------------------------------------------------------------------------------
@@ -1627,8 +1834,11 @@ def _short_cause(exc: BaseException) -> str:
     return text[:200]
 
 
-def _parse_oauth_answer(response, url: str, what: str, skew: Optional[float]) -> dict:
+def _parse_oauth_answer(response, url: str, what: str, skew: Optional[float],
+                        any_success: bool = False) -> dict:
     note = clock_skew_note(skew, "the server")
+    if any_success and 200 <= response.status_code < 300:
+        return {}   # RFC 7009: the body of a revocation's answer means nothing
     try:
         document = response.json()
     except ValueError:
@@ -1651,7 +1861,7 @@ def post_form(url: str, form: Mapping[str, str], what: str,
               now: Callable[[], float] = time.time,
               sleep: Callable[[float], None] = time.sleep,
               jitter: Callable[[], float] = random.random,
-              ca_bundle: Optional[str] = None) -> dict:
+              ca_bundle: Optional[str] = None, any_success: bool = False) -> dict:
     """POST a form and return the JSON answer, retrying what a retry can fix.
 
     Timeouts, refused connections, 429 and 5xx are retried with exponential backoff and
@@ -1685,7 +1895,7 @@ def post_form(url: str, form: Mapping[str, str], what: str,
             skew = clock_skew_seconds(response.headers.get("Date"), now())
             LOG.debug("%s answered HTTP %s", what, response.status_code)
             if response.status_code not in RETRYABLE_STATUSES:
-                return _parse_oauth_answer(response, url, what, skew)
+                return _parse_oauth_answer(response, url, what, skew, any_success)
             last_problem = f"HTTP {response.status_code}"
             retry_after = response.headers.get("Retry-After")
         if attempt + 1 < HTTP_ATTEMPTS:
@@ -1732,6 +1942,60 @@ def refresh_grant(settings: Settings, refresh_token: str) -> TokenResponse:
                                ) from exc
         raise AuthError(f"refresh failed: {exc}") from exc
     return _token_response(document, settings.token_url)
+
+
+def revocation_endpoint(settings: Settings) -> Optional[str]:
+    """Where --logout revokes the refresh token: the INI's revocation_url. The one place a
+    discovered revocation_endpoint (SPEC 10) fills in when the INI does not set one."""
+    return settings.revocation_url or None
+
+
+def revoke_refresh_token(settings: Settings, url: str, refresh_token: str) -> None:
+    """RFC 7009: the provider ends the refresh token (and, at most providers, its grant)."""
+    form = {"token": refresh_token, "token_type_hint": "refresh_token",
+            "client_id": settings.auth_client_id}
+    post_form(url, form, "revocation endpoint", _client_auth(settings),
+              ca_bundle=settings.ca_bundle, any_success=True)
+
+
+class Probe(NamedTuple):
+    """What one credential-less request to an endpoint showed (--doctor)."""
+
+    status: Optional[int]          # None: no answer at all
+    content_type: str
+    oauth_error: Optional[str]     # the `error` of an OAuth JSON answer
+    skew: Optional[float]          # this machine's clock minus the server's Date
+    problem: Optional[str]         # why there was no answer
+
+
+def probe_endpoint(url: str, ca_bundle: Optional[str] = None,
+                   now: Callable[[], float] = time.time) -> Probe:
+    """One POST of an empty form, no credentials, no retries: is anyone answering there?
+
+    A token endpoint answers it with an OAuth error (invalid_request, invalid_client), which
+    shows that it is reachable and speaks OAuth; nothing is spent and nothing is sent.
+    """
+    import requests
+
+    tls = {"verify": ca_bundle} if ca_bundle else {}
+    try:
+        with requests.Session() as session:
+            response = session.post(url, data={}, timeout=PROBE_TIMEOUT, auth=_no_netrc,
+                                    headers={"Accept": "application/json"},
+                                    allow_redirects=False, **tls)
+    except requests.exceptions.SSLError as exc:
+        return Probe(None, "", None, None, f"TLS failure: {_short_cause(exc)}")
+    except requests.exceptions.RequestException as exc:
+        return Probe(None, "", None, None, _short_cause(exc))
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    error = document.get("error") if isinstance(document, dict) else None
+    return Probe(response.status_code,
+                 response.headers.get("Content-Type", "").split(";")[0].strip(),
+                 str(error) if error else None,
+                 clock_skew_seconds(response.headers.get("Date"), now()), None)
 
 
 # --- the browser sign-in ---------------------------------------------------------------------
@@ -2675,7 +2939,589 @@ def stop_daemon(paths: SessionPaths, profile: str,
 
 
 # --------------------------------------------------------------------------------------------
-# 9. Running oci (or --exec's command)
+# 9. Session tools: --status, --logout, --doctor
+# --------------------------------------------------------------------------------------------
+
+# --- --status: the session at a glance, from the session folder alone ------------------------
+
+
+class StatusReport(NamedTuple):
+    document: dict                  # the JSON object of SPEC 12, exactly
+    token_problem: Optional[str]    # why a token file is unusable (text only)
+    daemon_problem: Optional[str]
+
+
+def daemon_holder(paths: SessionPaths) -> Tuple[bool, Optional[int], Optional[str]]:
+    """(running, pid, problem) from the pid file's lock; changes nothing."""
+    try:
+        pid = PidFile(paths.pid).holder()
+    except DaemonError as exc:
+        return True, None, str(exc)
+    return pid is not None, pid, None
+
+
+def session_status(paths: SessionPaths, profile: str, now: float) -> StatusReport:
+    """No network, no lock, no keyring, no passphrase, no settings: a shell prompt calls it."""
+    state = read_session_token(paths)
+    claims: dict = {}
+    if state.token:
+        try:
+            claims = jwt_claims_unverified(state.token)
+        except ValueError:
+            claims = {}
+    exp = state.expires_at
+    subject, tenancy = claims.get("sub"), claims.get("tenant")
+    refresh = stored_refresh_token(paths)
+    running, pid, daemon_problem = daemon_holder(paths)
+    document = {
+        "profile": profile,
+        "session": {
+            "valid": exp is not None and exp > now,
+            "exp": exp,
+            "expires_at": iso_utc(exp),
+            "seconds_left": int(exp - now) if exp is not None else None,
+            "subject": subject if isinstance(subject, str) else None,
+            "tenancy": tenancy if isinstance(tenancy, str) else None,
+        },
+        "refresh_token": {"stored": refresh.storage is not None, "storage": refresh.storage,
+                          "expires_at": iso_utc(refresh.expires_at)},
+        "daemon": {"running": running, "pid": pid},
+    }
+    return StatusReport(document, state.problem, daemon_problem)
+
+
+def status_usable(report: StatusReport) -> bool:
+    """Usable without a browser: a valid session token, or a refresh token to renew it."""
+    return bool(report.document["session"]["valid"] or report.document["refresh_token"]["stored"])
+
+
+def status_text(report: StatusReport, now: float) -> str:
+    doc = report.document
+    session, refresh, daemon = doc["session"], doc["refresh_token"], doc["daemon"]
+    if report.token_problem:
+        line = f"unusable ({report.token_problem})"
+    elif session["exp"] is None:
+        line = "none"
+    else:
+        when = session["expires_at"] or format_timestamp(session["exp"])
+        left = session["seconds_left"]
+        line = (f"valid until {when} ({format_duration(left)} left)" if session["valid"]
+                else f"expired at {when} ({format_duration(-left)} ago)")
+    stored = refresh["storage"] or "none"
+    if refresh["expires_at"]:
+        stored += f", expires {refresh['expires_at']}"
+    if daemon["running"]:
+        daemon_line = f"running, pid {daemon['pid']}" if daemon["pid"] else \
+            f"unknown ({report.daemon_problem})"
+    else:
+        daemon_line = "not running"
+    lines = [f"profile: {doc['profile']}", f"session: {line}"]
+    if session["subject"]:
+        lines.append(f"subject: {session['subject']}")
+    if session["tenancy"]:
+        lines.append(f"tenancy: {session['tenancy']}")
+    lines += [f"refresh token: {stored}", f"daemon: {daemon_line}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- --logout: end the session, here and at the provider --------------------------------------
+
+
+def _stored_refresh_token_values(settings: Settings, paths: SessionPaths,
+                                 environ: Mapping[str, str]) -> List[str]:
+    """Every refresh token stored for the profile (file and keyring); a warning for each one
+    that cannot be read, which then cannot be revoked."""
+    tokens = []
+    try:
+        token = RefreshTokenStore(paths.refresh_token, PassphraseSource(settings, environ)).load()
+        if token:
+            tokens.append(token)
+    except WociError as exc:
+        LOG.warning("cannot revoke the refresh token: %s", exc)
+    if paths.keyring_marker.exists():
+        backend, why = open_keyring()
+        item = KeyringItem.read_marker(paths.keyring_marker) or \
+            KeyringItem.for_profile(settings.oci_config_file, settings.profile)
+        if backend is None:
+            LOG.warning("the refresh token is in the OS keyring but %s: it is neither revoked "
+                        "nor deleted there", why)
+        else:
+            try:
+                token = keyring_call("read", lambda: backend.get_password(item.service,
+                                                                          item.username))
+            except StorageError as exc:
+                LOG.warning("cannot revoke the refresh token: %s", exc)
+            else:
+                if isinstance(token, str) and token and token not in tokens:
+                    tokens.append(token)
+    return tokens
+
+
+def revoke_at_provider(settings: Settings, tokens: List[str]) -> bool:
+    """Revoke each token (RFC 7009); False, after a warning, when any could not be."""
+    url = revocation_endpoint(settings)
+    if url is None:
+        LOG.warning("no revocation_url is configured, so the refresh token was not revoked at "
+                    "the provider: it stays valid there until it expires")
+        return False
+    revoked = True
+    for token in tokens:
+        try:
+            revoke_refresh_token(settings, url, token)
+        except WociError as exc:
+            LOG.warning("the refresh token was not revoked: %s", exc)
+            revoked = False
+    return revoked
+
+
+def delete_session_files(paths: SessionPaths, key_path: Path) -> List[str]:
+    """Delete the session's credentials and the OKE credential cache; the names deleted."""
+    import shutil
+
+    deleted = []
+    for path in dict.fromkeys((paths.token, key_path, paths.key, paths.public_key,
+                               paths.refresh_token, paths.daemon_state)):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path}: {describe_os_error(exc)}") from exc
+        deleted.append(path.name)
+    if paths.exec_credentials.is_dir() and not paths.exec_credentials.is_symlink():
+        try:
+            shutil.rmtree(paths.exec_credentials)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {paths.exec_credentials}: "
+                               f"{describe_os_error(exc)}") from exc
+        deleted.append(f"{EXEC_CREDENTIALS_FOLDER}/")
+    return deleted
+
+
+def delete_keyring_item(settings: Settings, paths: SessionPaths) -> bool:
+    """Delete the keyring item the marker names, and the marker; True when done."""
+    if not paths.keyring_marker.exists():
+        return False
+    backend, why = open_keyring()
+    if backend is None:
+        return False   # said already by _stored_refresh_token_values
+    try:
+        drop_keyring_item(paths.keyring_marker,
+                          KeyringItem.for_profile(settings.oci_config_file, settings.profile),
+                          backend)
+    except StorageError as exc:
+        LOG.warning("%s; the keyring item is left", exc)
+        return False
+    return True
+
+
+def logout(settings: Settings, environ: Mapping[str, str],
+           stop: Callable[[SessionPaths, str], int] = stop_daemon) -> str:
+    """Every step of --logout, in order; the one line saying what was done.
+
+    The daemon is stopped first (it would renew again), then under the profile lock: the
+    refresh token revoked, the files, keyring item and OKE cache deleted, the profile's
+    session keys removed. A revocation that cannot be made is a warning, never a stop.
+    """
+    profile, paths = settings.profile, SessionPaths.for_profile(settings.profile, environ)
+    done = []
+    if paths.folder.is_dir():
+        if daemon_holder(paths)[0]:
+            done.append(f"stopped the daemon (pid {stop(paths, profile)})")
+        with ProfileLock(paths.lock, settings.login_timeout + LOCK_GRACE_SECONDS, profile):
+            tokens = _stored_refresh_token_values(settings, paths, environ)
+            if tokens and revoke_at_provider(settings, tokens):
+                done.append("revoked the refresh token at the provider")
+            try:
+                _, config = read_oci_config(settings.oci_config_file)
+            except ConfigError as exc:
+                LOG.warning("%s", exc)
+                config = configparser.ConfigParser()
+            deleted = delete_session_files(
+                paths, session_key_path(config, profile, paths, environ))
+            if delete_keyring_item(settings, paths):
+                deleted.append("the keyring item")
+            if deleted:
+                done.append(f"deleted {', '.join(deleted)}")
+    try:
+        removed = forget_session_in_profile(settings.oci_config_file, profile, paths, environ)
+    except ConfigError as exc:
+        LOG.warning("%s; the profile was left as it is", exc)
+        removed = []
+    if removed:
+        done.append(f"removed {', '.join(removed)} from [{profile}] in "
+                    f"{settings.oci_config_file}")
+    if not done:
+        return f"nothing to do: no session is stored for profile {profile}\n"
+    return f"logged out of profile {profile}: {'; '.join(done)}\n"
+
+
+# --- --doctor: one line per check -------------------------------------------------------------
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+class Check(NamedTuple):
+    level: str      # OK, WARN or FAIL
+    message: str    # says what to do when it is not OK; never a token or a secret
+
+
+@dataclasses.dataclass
+class DoctorContext:
+    """What the checks look at: found once, each setting source kept, even broken ones."""
+
+    cmd: CommandLine
+    environ: Mapping[str, str]
+    profile: str
+    paths: SessionPaths
+    oci_config_file: Path
+    manager_candidates: List[Path]
+    manager_path: Optional[Path]
+    manager_ini: Optional[configparser.ConfigParser]
+    manager_problem: Optional[str]
+    settings: Optional[Settings]
+    settings_problem: Optional[str]
+    now: Callable[[], float] = time.time
+    probes: Dict[str, Probe] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def gather(cls, cmd: CommandLine, environ: Mapping[str, str]) -> "DoctorContext":
+        profile = resolve_profile(cmd, environ)
+        oci_config = resolve_oci_config_file(cmd, environ)
+        candidates, explicit = manager_config_candidates(cmd, environ, oci_config)
+        manager_problem = None
+        try:
+            path, ini = load_manager_ini(candidates, explicit)
+        except ConfigError as exc:
+            path, ini, manager_problem = None, None, str(exc)
+        settings, settings_problem = None, None
+        try:
+            settings = build_settings(cmd, environ, ini, path, required=())
+        except ConfigError as exc:
+            settings_problem = str(exc)
+        return cls(cmd, environ, profile, SessionPaths.for_profile(profile, environ),
+                   oci_config, candidates, path, ini, manager_problem, settings,
+                   settings_problem)
+
+    def probe(self, url: str) -> Probe:
+        if url not in self.probes:
+            ca_bundle = self.settings.ca_bundle if self.settings else None
+            self.probes[url] = probe_endpoint(url, ca_bundle, self.now)
+        return self.probes[url]
+
+
+def check_manager_config(ctx: DoctorContext) -> Check:
+    if ctx.manager_problem:
+        return Check(FAIL, f"manager config: {ctx.manager_problem}; fix --manager-config or "
+                           "WOCI_MANAGER_CONFIG")
+    if ctx.manager_path is None:
+        looked = " and ".join(dict.fromkeys(str(path) for path in ctx.manager_candidates))
+        return Check(WARN, f"manager config: none found (looked for {looked}); put the "
+                           "settings there (see woci_manager.ini.example)")
+    return Check(OK, f"manager config: {ctx.manager_path}")
+
+
+def check_settings(ctx: DoctorContext) -> List[Check]:
+    """One line per setting: its value (a secret masked) and where it came from."""
+    where = ctx.manager_path or ctx.manager_candidates[-1]
+    checks = []
+    for item in describe_settings(ctx.cmd, ctx.environ, ctx.manager_ini, ctx.manager_path):
+        if item.problem:
+            checks.append(Check(FAIL, f"{item.key}: {item.problem}"))
+        elif item.value is None and item.key in REQUIRED_KEYS:
+            checks.append(Check(FAIL, f"{item.key}: not set; set it in [{ctx.profile}] or "
+                                      f"[{COMMON_SECTION}] of {where}, or pass "
+                                      f"{FLAG_OF_KEY[item.key]}"))
+        elif item.value is None:
+            note = "" if item.source == "not set" else f" ({item.source})"
+            checks.append(Check(OK, f"{item.key}: not set{note}"))
+        else:
+            shown = mask_secret(item.value) if item.key in SECRET_KEYS else item.value
+            checks.append(Check(OK, f"{item.key} = {shown} ({item.source})"))
+    if ctx.settings_problem and not any(check.level == FAIL for check in checks):
+        checks.append(Check(FAIL, f"settings: {ctx.settings_problem}"))
+    return checks
+
+
+def check_discovery(ctx: DoctorContext) -> Check:
+    """The place for OIDC discovery (SPEC 10) once `issuer` exists."""
+    return Check(OK, "discovery: no issuer configured (the endpoints are set one by one)")
+
+
+def _endpoint_check(ctx: DoctorContext, what: str, key: str, url: Optional[str]) -> Check:
+    if not url:
+        return Check(WARN, f"{what}: not checked ({key} is not set)")
+    probe = ctx.probe(url)
+    if probe.problem:
+        return Check(FAIL, f"{what} {url}: {probe.problem}; check {key}, and the network "
+                           "between here and there (proxy, VPN, firewall)")
+    if probe.status is not None and probe.status >= 500:
+        return Check(WARN, f"{what} {url}: answered HTTP {probe.status}; the server has a "
+                           "problem, try again later")
+    if probe.oauth_error:
+        return Check(OK, f"{what} {url}: reachable (HTTP {probe.status} {probe.oauth_error} "
+                         "to a request without credentials, as expected)")
+    return Check(WARN, f"{what} {url}: answered HTTP {probe.status} "
+                       f"{probe.content_type or 'without a content type'}, not an OAuth "
+                       f"error; is {key} right?")
+
+
+def check_token_endpoint(ctx: DoctorContext) -> Check:
+    url = ctx.settings.token_url if ctx.settings else None
+    return _endpoint_check(ctx, "token endpoint", "token_url", url)
+
+
+def check_exchange_endpoint(ctx: DoctorContext) -> Check:
+    url = ctx.settings.token_exchange_url if ctx.settings else None
+    return _endpoint_check(ctx, "OCI token exchange", "token_exchange_url", url)
+
+
+def check_revocation_endpoint(ctx: DoctorContext) -> Check:
+    url = revocation_endpoint(ctx.settings) if ctx.settings else None
+    if url is None:
+        return Check(WARN, "revocation endpoint: revocation_url is not set, so --logout "
+                           "cannot revoke the refresh token at the provider; set it to the "
+                           "provider's RFC 7009 endpoint")
+    return _endpoint_check(ctx, "revocation endpoint", "revocation_url", url)
+
+
+def check_clock(ctx: DoctorContext) -> Check:
+    skews = [(url, probe.skew) for url, probe in ctx.probes.items() if probe.skew is not None]
+    if not skews:
+        return Check(WARN, "clock: not compared (no endpoint answered with a Date)")
+    url, skew = max(skews, key=lambda item: abs(item[1]))
+    host = urllib.parse.urlsplit(url).netloc
+    direction = "ahead of" if skew > 0 else "behind"
+    if abs(skew) > CLOCK_SKEW_FAIL_SECONDS:
+        return Check(FAIL, f"clock: this machine's clock is {abs(skew):.0f} s {direction} "
+                           f"{host}'s; OCI refuses requests more than 5 min off: fix the "
+                           "clock (enable NTP)")
+    if abs(skew) > CLOCK_SKEW_TOLERANCE_SECONDS:
+        return Check(WARN, f"clock: this machine's clock is {abs(skew):.0f} s {direction} "
+                           f"{host}'s; fix the clock (enable NTP) before OCI refuses it")
+    return Check(OK, f"clock: within {CLOCK_SKEW_TOLERANCE_SECONDS} s of the endpoints' "
+                     f"(largest difference {abs(skew):.0f} s)")
+
+
+def check_oci(ctx: DoctorContext) -> Check:
+    import shutil
+
+    oci = shutil.which("oci", path=ctx.environ.get("PATH") or os.defpath)
+    if oci is None:
+        return Check(FAIL, "oci: not found on PATH; install the OCI CLI (pip install oci-cli)")
+    secrets_in_env = {spec.env for spec in SETTING_OPTIONS if spec.secret and spec.env}
+    env = {name: value for name, value in ctx.environ.items() if name not in secrets_in_env}
+    try:
+        result = subprocess.run([oci, "--version"], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, errors="replace",
+                                timeout=OCI_VERSION_TIMEOUT_SECONDS, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check(FAIL, f"oci: `{oci} --version` did not run: "
+                           f"{describe_os_error(exc)}; reinstall the OCI CLI")
+    if result.returncode != 0:
+        said = (result.stderr.strip().splitlines() or [""])[-1][:200]
+        return Check(FAIL, f"oci: `{oci} --version` exited {result.returncode} ({said}); "
+                           "reinstall the OCI CLI")
+    return Check(OK, f"oci: {result.stdout.strip()[:40]} ({oci})")
+
+
+def _mode(path: Path) -> Optional[int]:
+    try:
+        return path.lstat().st_mode
+    except OSError:
+        return None
+
+
+def check_session_folder(ctx: DoctorContext) -> Check:
+    import stat
+
+    folder = ctx.paths.folder
+    mode = _mode(folder)
+    if mode is None:
+        return Check(OK, f"session folder: {folder} does not exist yet (a sign-in makes it)")
+    if not stat.S_ISDIR(mode):
+        return Check(FAIL, f"session folder: {folder} is not a folder; move it away")
+    if mode & 0o077:
+        return Check(FAIL, f"session folder: {folder} is mode {stat.S_IMODE(mode):04o}, open "
+                           f"to other users; run: chmod 700 {folder}")
+    return Check(OK, f"session folder: {folder} (0700)")
+
+
+def check_session_files(ctx: DoctorContext) -> Check:
+    import stat
+
+    paths = ctx.paths
+    present, open_to_others = [], []
+    for path in (paths.token, paths.key, paths.public_key, paths.refresh_token,
+                 paths.keyring_marker, paths.pid, paths.daemon_state, paths.daemon_log):
+        mode = _mode(path)
+        if mode is None:
+            continue
+        present.append(path)
+        if stat.S_ISLNK(mode):
+            return Check(WARN, f"session files: {path} is a symbolic link, which oci warns "
+                               "about; run woci --logout and sign in again")
+        if mode & 0o077:
+            open_to_others.append(str(path))
+    if open_to_others:
+        return Check(FAIL, f"session files open to other users: {', '.join(open_to_others)}; "
+                           f"run: chmod 600 {' '.join(open_to_others)}")
+    if not present:
+        return Check(OK, "session files: none yet")
+    return Check(OK, f"session files: {len(present)}, all private (0600)")
+
+
+def check_manager_ini_mode(ctx: DoctorContext) -> Check:
+    import stat
+
+    path = ctx.manager_path
+    mode = _mode(path) if path else None
+    if path is None or mode is None:
+        return Check(OK, "manager config mode: no file to check")
+    ini = ctx.manager_ini
+    holds_secret = ini is not None and any(ini.has_option(section, key)
+                                           for section in ini.sections() for key in SECRET_KEYS)
+    if mode & 0o077 and holds_secret:
+        return Check(FAIL, f"manager config mode: {path} holds a client secret and is mode "
+                           f"{stat.S_IMODE(mode):04o}, readable by others; run: chmod 600 {path}")
+    if mode & 0o077:
+        return Check(OK, f"manager config mode: {path} is {stat.S_IMODE(mode):04o} and holds "
+                         "no secret")
+    return Check(OK, f"manager config mode: {path} is {stat.S_IMODE(mode):04o}")
+
+
+def check_oci_profile(ctx: DoctorContext) -> Check:
+    path, profile = ctx.oci_config_file, ctx.profile
+    try:
+        text, config = read_oci_config(path)
+    except WociError as exc:
+        return Check(FAIL, f"OCI config: {exc}")
+    if text is None:
+        return Check(WARN, f"OCI config: {path} does not exist yet; a sign-in writes it")
+    if not profile_exists(config, profile):
+        return Check(WARN, f"OCI config: no profile [{profile}] in {path} yet; a sign-in "
+                           "adds it")
+    if not profile_is_wired(config, profile, ctx.paths, ctx.environ):
+        return Check(WARN, f"OCI config: [{profile}] in {path} does not point at woci's "
+                           f"session; run: woci --profile {profile} session refresh")
+    region = config.get(profile, "region", fallback="")
+    if not region:
+        return Check(WARN, f"OCI config: [{profile}] in {path} has no region, which oci and "
+                           "Terraform need; set region in the manager INI")
+    return Check(OK, f"OCI config: [{profile}] in {path} uses the session, region {region}")
+
+
+def check_session_token(ctx: DoctorContext) -> Check:
+    state = read_session_token(ctx.paths)
+    now = ctx.now()
+    renew = ("the next woci run renews it without a browser"
+             if stored_refresh_token(ctx.paths).storage else
+             f"sign in: woci --profile {ctx.profile} session authenticate")
+    if state.problem:
+        return Check(WARN, f"session token: {state.problem}; {renew}")
+    if state.expires_at is None:
+        return Check(WARN, f"session token: none yet; {renew}")
+    when = iso_utc(state.expires_at) or format_timestamp(state.expires_at)
+    if state.expires_at <= now:
+        return Check(WARN, f"session token: expired at {when}; {renew}")
+    return Check(OK, f"session token: valid until {when} "
+                     f"({format_duration(state.expires_at - now)} left)")
+
+
+def check_refresh_token(ctx: DoctorContext) -> Check:
+    """Looked at, never used: a refresh grant here would spend it."""
+    stored = stored_refresh_token(ctx.paths)
+    settings, profile = ctx.settings, ctx.profile
+    wanted = settings.refresh_token_storage if settings else "file"
+    moves = f"the next renewal moves it (or now: woci --profile {profile} session refresh)"
+    if stored.storage is None:
+        return Check(WARN, "refresh token: none stored, so the next renewal needs the browser "
+                           "(sign in; the provider must grant offline_access)")
+    if stored.storage == "keyring":
+        backend, why = open_keyring()
+        if backend is None:
+            return Check(FAIL, f"refresh token: in the OS keyring but {why}; install "
+                               "woci[keyring] and a backend, or sign in again")
+        item = KeyringItem.read_marker(ctx.paths.keyring_marker) or \
+            KeyringItem.for_profile(ctx.oci_config_file, profile)
+        if not keyring_call("read", lambda: backend.get_password(item.service, item.username)):
+            return Check(FAIL, f"refresh token: the OS keyring has no item {item.username!r}; "
+                               f"sign in again: woci --profile {profile} session authenticate")
+        if wanted != "keyring":
+            return Check(WARN, f"refresh token: in the OS keyring, but refresh_token_storage "
+                               f"= {wanted}; {moves}")
+        return Check(OK, f"refresh token: in the OS keyring ({why})")
+    if stored.expires_at is not None and stored.expires_at <= ctx.now():
+        return Check(FAIL, f"refresh token: expired at {iso_utc(stored.expires_at)}; sign in "
+                           f"again: woci --profile {profile} session authenticate")
+    if stored.storage == "encrypted-file":
+        if settings is None or not settings.encryption_wanted:
+            return Check(FAIL, "refresh token: encrypted, but no passphrase is configured; set "
+                               "refresh_token_passphrase_env or refresh_token_passphrase_prompt "
+                               f"(or start over: woci --profile {profile} --logout)")
+        var = settings.refresh_token_passphrase_env
+        if var and not settings.refresh_token_passphrase_prompt:
+            try:
+                RefreshTokenStore(ctx.paths.refresh_token,
+                                  PassphraseSource(settings, ctx.environ)).load()
+            except RefreshTokenError as exc:
+                return Check(FAIL, f"refresh token: {exc}")
+            detail = f"opens with the passphrase in {var}"
+        else:
+            detail = "the passphrase is asked on the terminal"
+    else:
+        try:   # a plain file: its store never asks for the passphrase
+            RefreshTokenStore(ctx.paths.refresh_token, NoPassphrase()).load()
+        except RefreshTokenError as exc:
+            return Check(FAIL, f"refresh token: {exc}")
+        detail = "plain text, readable only by you"
+    if wanted == "keyring":
+        return Check(WARN, f"refresh token: in {ctx.paths.refresh_token}, but "
+                           f"refresh_token_storage = keyring; {moves}")
+    expiry = f", expires {iso_utc(stored.expires_at)}" if stored.expires_at else ""
+    return Check(OK, f"refresh token: {stored.storage} {ctx.paths.refresh_token} "
+                     f"({detail}{expiry})")
+
+
+def check_daemon(ctx: DoctorContext) -> Check:
+    running, pid, problem = daemon_holder(ctx.paths)
+    if problem:
+        return Check(FAIL, f"daemon: {problem}")
+    if not running:
+        return Check(OK, "daemon: not running")
+    state = DaemonState.read(ctx.paths.daemon_state)
+    if state is not None and state.last is not None and not state.last.ok:
+        return Check(WARN, f"daemon: running (pid {pid}) but its last renewal failed: "
+                           f"{state.last.message[:300]}; see {ctx.paths.daemon_log}")
+    return Check(OK, f"daemon: running (pid {pid})")
+
+
+# In this order: the clock is compared with the answers of the endpoint checks before it.
+DOCTOR_CHECKS = (check_manager_config, check_settings, check_discovery, check_token_endpoint,
+                 check_exchange_endpoint, check_revocation_endpoint, check_clock, check_oci,
+                 check_session_folder, check_session_files, check_manager_ini_mode,
+                 check_oci_profile, check_session_token, check_refresh_token, check_daemon)
+
+
+def run_doctor_checks(ctx: DoctorContext) -> List[Check]:
+    """Every check; one that breaks is one FAIL line, and the others still run."""
+    results: List[Check] = []
+    for check in DOCTOR_CHECKS:
+        try:
+            outcome = check(ctx)
+        except (WociError, OSError, ValueError) as exc:
+            name = check.__name__.replace("check_", "").replace("_", " ")
+            outcome = Check(FAIL, f"{name}: {one_line(exc)}")
+        results.extend(outcome if isinstance(outcome, list) else [outcome])
+    return results
+
+
+def doctor_report(checks: List[Check]) -> str:
+    return "".join(f"{check.level:<4} {check.message}\n" for check in checks)
+
+
+# --------------------------------------------------------------------------------------------
+# 10. Running oci (or --exec's command)
 # --------------------------------------------------------------------------------------------
 
 
@@ -2775,7 +3621,7 @@ def run_child(argv: List[str], env: Mapping[str, str], refresher: Optional[AutoR
 
 
 # --------------------------------------------------------------------------------------------
-# 10. Command line interface
+# 11. Command line interface
 # --------------------------------------------------------------------------------------------
 
 EXAMPLES = """\
@@ -2784,6 +3630,9 @@ examples:
   woci --profile dev session authenticate sign in again in the browser now
   woci --profile dev                      make sure the session is valid, run nothing
   woci --auto-refresh --exec -- ./job.sh  keep the session fresh while a long job runs
+  woci --profile dev --status --json      the session at a glance (for a shell prompt)
+  woci --profile dev --doctor             find out why it does not work
+  woci --profile dev --logout             end the session here and at the provider
 
 Everything after woci's own options goes to oci unchanged; see `oci --help`.
 """
@@ -2811,11 +3660,12 @@ def help_text() -> str:
     return parser.format_help()
 
 
-def load_settings(cmd: CommandLine, environ: Mapping[str, str]) -> Settings:
+def load_settings(cmd: CommandLine, environ: Mapping[str, str],
+                  required: Tuple[str, ...] = REQUIRED_KEYS) -> Settings:
     oci_config = resolve_oci_config_file(cmd, environ)
     candidates, explicit = manager_config_candidates(cmd, environ, oci_config)
     path, ini = load_manager_ini(candidates, explicit)
-    settings = build_settings(cmd, environ, ini, path)
+    settings = build_settings(cmd, environ, ini, path, required)
     configure_logging(settings.log_level)
     warn_if_secrets_exposed(path, ini)
     for flag in cmd.secret_flags:
@@ -2898,7 +3748,37 @@ def run_daemon_control(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
+def run_status_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    """--status needs only the profile: no settings, no network, no lock (SPEC 12)."""
+    profile = resolve_profile(cmd, environ)
+    now = time.time()
+    report = session_status(SessionPaths.for_profile(profile, environ), profile, now)
+    if cmd.woci.get("json"):
+        sys.stdout.write(json.dumps(report.document) + "\n")
+    else:
+        sys.stdout.write(status_text(report, now))
+    return EXIT_OK if status_usable(report) else EXIT_FAILURE
+
+
+def run_logout_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    """--logout uses only the settings it needs: without them it cannot revoke, and says so."""
+    try:
+        settings = load_settings(cmd, environ, required=())
+    except ConfigError as exc:
+        LOG.warning("%s; going on without the manager config", exc)
+        settings = build_settings(cmd, environ, None, None, required=())
+    sys.stdout.write(logout(settings, environ))
+    return EXIT_OK
+
+
+def run_doctor_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    checks = run_doctor_checks(DoctorContext.gather(cmd, environ))
+    sys.stdout.write(doctor_report(checks))
+    return EXIT_FAILURE if any(check.level == FAIL for check in checks) else EXIT_OK
+
+
 def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    check_option_combinations(cmd)
     if cmd.mode is Mode.HELP:
         sys.stdout.write(help_text())
         return EXIT_OK
@@ -2907,6 +3787,12 @@ def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
         return EXIT_OK
     if cmd.mode in (Mode.DAEMON_STATUS, Mode.STOP_DAEMON):
         return run_daemon_control(cmd, environ)
+    if cmd.mode is Mode.STATUS:
+        return run_status_mode(cmd, environ)
+    if cmd.mode is Mode.DOCTOR:
+        return run_doctor_mode(cmd, environ)
+    if cmd.mode is Mode.LOGOUT:
+        return run_logout_mode(cmd, environ)
     settings = load_settings(cmd, environ)
     if cmd.mode is Mode.EXEC:
         return run_exec_mode(cmd, settings, environ)

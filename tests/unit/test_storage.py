@@ -639,6 +639,57 @@ def test_upsert_finds_a_section_header_followed_by_a_comment():
     assert out == "[dev]   # my dev\nuser=u\nregion=r\n"
 
 
+# --- removing the session's keys from a profile (--logout) ----------------------------------------
+
+
+def test_remove_profile_keys_takes_only_the_session_keys_of_that_profile():
+    """key_file, security_token_file, fingerprint (and a continuation line) leave [p]; the
+    other profile's keys of the same name, comments, tenancy and region stay byte for byte."""
+    text = ("# mine\n[other]\nkey_file=/k.pem\n\n[p]\n; note\nkey_file = /s/key.pem\n"
+            "security_token_file: /s/token\nfingerprint=aa\n  :bb\ntenancy=t\nregion=r\n"
+            "[after]\nfingerprint=cc\n")
+    new, removed = woci.remove_profile_keys(text, "p", woci.SESSION_PROFILE_KEYS)
+    assert new == ("# mine\n[other]\nkey_file=/k.pem\n\n[p]\n; note\ntenancy=t\nregion=r\n"
+                   "[after]\nfingerprint=cc\n")
+    assert removed == ["security_token_file", "key_file", "fingerprint"]
+    assert woci.remove_profile_keys(new, "p", woci.SESSION_PROFILE_KEYS) == (new, [])
+    assert woci.remove_profile_keys(text, "absent", woci.SESSION_PROFILE_KEYS) == (text, [])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config_texts())
+def test_remove_profile_keys_undoes_upsert_elsewhere_byte_for_byte(config):
+    """For random configs: every other section unchanged, [p] loses just those keys."""
+    order, chunks, expected = config
+    old = "".join(chunks[name] for name in order)
+    new, _ = woci.remove_profile_keys(old, "p", woci.SESSION_PROFILE_KEYS)
+    parsed = parse(new)
+    for name in order:
+        if name != "p":
+            assert chunks[name] in new
+            assert dict(parsed[name]) == expected[name]
+    if "p" in expected:
+        assert dict(parsed["p"]) == {k: v for k, v in expected["p"].items()
+                                     if k not in woci.SESSION_PROFILE_KEYS}
+
+
+def test_forget_session_leaves_a_profile_that_is_not_woci(tmp_path):
+    """A profile whose key_file is the user's own API key is not touched."""
+    paths = woci.SessionPaths(tmp_path / ".oci" / "sessions" / "p")
+    config = tmp_path / ".oci" / "config"
+    config.parent.mkdir()
+    config.write_text("[p]\nkey_file=/home/me/api.pem\nfingerprint=aa\n")
+    assert woci.forget_session_in_profile(config, "p", paths, {"HOME": str(tmp_path)}) == []
+    assert config.read_text() == "[p]\nkey_file=/home/me/api.pem\nfingerprint=aa\n"
+    assert not paths.root.exists()   # no lock folder made for nothing
+
+    config.write_text(f"[p]\nkey_file={paths.key}\nsecurity_token_file={paths.token}\n"
+                      "fingerprint=aa\nregion=r\n")
+    removed = woci.forget_session_in_profile(config, "p", paths, {"HOME": str(tmp_path)})
+    assert removed == ["security_token_file", "key_file", "fingerprint"]
+    assert config.read_text() == "[p]\nregion=r\n"
+
+
 # --- keyring storage, against keyrings.alt's real file backend -------------------------------------
 
 
@@ -683,6 +734,7 @@ def test_keyring_round_trip_leaves_only_a_marker_on_disk(tmp_path, file_keyring)
     assert mode_of(paths.keyring_marker) == 0o600
     assert store.stored() and store.load() == "rt-in-keyring"
     assert not store.holds_encrypted() and not store.passphrase.configured
+    assert woci.stored_refresh_token(paths) == ("keyring", None)
 
 
 def test_file_to_keyring_and_back_keeps_the_token(tmp_path, file_keyring):
@@ -750,3 +802,16 @@ def test_open_keyring_refuses_the_fail_and_null_backends(monkeypatch):
         monkeypatch.setattr(keyring, "get_keyring", lambda p=placeholder: p)
         backend, why = woci.open_keyring()
         assert backend is None and why.startswith("no usable keyring backend")
+
+
+def test_stored_refresh_token_reads_only_files(tmp_path):
+    """file / encrypted-file / keyring / none, and a JWT refresh token's exp."""
+    paths = woci.SessionPaths(tmp_path / "p")
+    paths.folder.mkdir()
+    assert woci.stored_refresh_token(paths) == (None, None)
+    paths.refresh_token.write_text("opaque")
+    assert woci.stored_refresh_token(paths) == ("file", None)
+    paths.refresh_token.write_text(unsigned_jwt({"exp": 1234}))
+    assert woci.stored_refresh_token(paths) == ("file", 1234)
+    paths.refresh_token.write_bytes(woci.encrypt_refresh_token("t", "pw", 200_000))
+    assert woci.stored_refresh_token(paths) == ("encrypted-file", None)
