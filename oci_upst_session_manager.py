@@ -16,8 +16,9 @@ For the OCI CLI profile in use, woci makes sure the session token is valid, then
 
 Files, in ~/.oci/sessions/<profile>/ (mode 0700), every one mode 0600 and written atomically:
 ``token`` (the UPST, no trailing newline), ``oci_api_key.pem`` and ``oci_api_key_public.pem``
-(the RSA session key), ``refresh_token`` (plain, or AES-256-GCM encrypted JSON),
-``woci.lock`` (the per-profile lock), and the daemon's ``woci_refresh.pid``,
+(the RSA session key), ``refresh_token`` (plain, or AES-256-GCM encrypted JSON; with
+refresh_token_storage = keyring the token is in the OS keyring and ``refresh_token.keyring``
+names its item), ``woci.lock`` (the per-profile lock), and the daemon's ``woci_refresh.pid``,
 ``woci_daemon.state`` and ``woci_daemon.log``; in ~/.oci/sessions/ one
 ``.oci-config-<hash>.lock`` per OCI config file. The OCI config profile is updated in place
 (key_file, security_token_file, fingerprint, tenancy, region); nothing else in it changes.
@@ -32,12 +33,15 @@ Sections, each reading only from those above it:
  3. Command line and settings: the option table, the argv splitter, Settings.
  4. Storage: session paths, atomic writes, locks, the session and refresh tokens, the OCI
     config file and the profile woci keeps in it.
- 5. HTTP and OpenID Connect: one form POST with retries, the grants, the browser sign-in.
- 6. Token exchange: the session key and the UPST.
- 7. The session: ensure_session(), the renewal ladder.
- 8. Background refresh: the renewer, the auto-refresh thread, the daemon.
- 9. Running oci (or --exec's command).
-10. Command line interface: help, one function per mode, main().
+ 5. The fast path: a valid session answered from two small files, without the imports the
+    rest needs; the OKE credential cache it answers kubectl from.
+ 6. HTTP and OpenID Connect: one form POST with retries, the grants, the browser sign-in.
+ 7. Token exchange: the session key and the UPST.
+ 8. The session: ensure_session(), the renewal ladder.
+ 9. Background refresh: the renewer, the auto-refresh thread, the daemon.
+10. Session tools: --status, --logout and --doctor, each step or check a small function.
+11. Running oci (or --exec's command).
+12. Command line interface: help, one function per mode, main().
 
 Exit codes: 0 success; 1 runtime failure (sign-in, refresh, exchange, file write); 2 usage or
 configuration error, or an unreadable refresh token; 127 oci not found; 130 interrupted;
@@ -116,6 +120,11 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Beyond this, a clock difference with the provider or OCI is worth telling the user about:
 # OCI refuses signed requests from a skewed clock.
 CLOCK_SKEW_TOLERANCE_SECONDS = 60
+# OCI refuses a signed request whose Date is more than 5 minutes off: --doctor fails there.
+CLOCK_SKEW_FAIL_SECONDS = 300
+# --doctor's probes: one attempt each, no retries, so a dead endpoint is reported quickly.
+PROBE_TIMEOUT = (3.0, 5.0)
+OCI_VERSION_TIMEOUT_SECONDS = 30
 
 # A process waiting for the profile lock may be behind a browser sign-in, which can take
 # login_timeout; this much more covers the exchange that follows it.
@@ -158,12 +167,18 @@ TOKEN_FILE = "token"
 KEY_FILE = "oci_api_key.pem"
 PUBLIC_KEY_FILE = "oci_api_key_public.pem"
 REFRESH_TOKEN_FILE = "refresh_token"
+# Beside where the file would be when the refresh token is in the OS keyring: which item holds
+# it (never the token), so --status and --logout find it without opening the keyring.
+KEYRING_MARKER_FILE = "refresh_token.keyring"
+KEYRING_SERVICE = "woci"
+REFRESH_TOKEN_STORAGES = ("file", "keyring")
 LOCK_FILE = "woci.lock"
 # One lock per OCI config file, in the sessions folder: never a stray file beside the config.
 CONFIG_LOCK_PREFIX = ".oci-config-"
 PID_FILE = "woci_refresh.pid"
 DAEMON_STATE_FILE = "woci_daemon.state"
 DAEMON_LOG_FILE = "woci_daemon.log"
+# The OKE credential cache: woci's own folder, deleted whole by a sign-in and --logout.
 CREDENTIAL_CACHE_FOLDER = "exec-credentials"
 MANAGER_INI_NAME = "woci_manager.ini"
 COMMON_SECTION = "COMMON"
@@ -372,6 +387,31 @@ def format_timestamp(epoch: float) -> str:
         return f"epoch {epoch!r} (not a date)"
 
 
+def iso_utc(epoch: object) -> str | None:
+    """ISO-8601 UTC (`2025-01-31T12:00:00Z`), or None for a number that is no date."""
+    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
+        return None
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def jwt_expiry_or_none(token: str) -> int | None:
+    """The exp of a token that is a JWT; None for an opaque token (most refresh tokens)."""
+    try:
+        return jwt_expiry(token)
+    except ValueError:
+        return None
+
+
+def mask_secret(value: str) -> str:
+    """Enough of a secret to tell which one is set, never enough to use it."""
+    if len(value) < 12:
+        return f"*** ({len(value)} characters)"
+    return f"{value[:2]}*** ({len(value)} characters)"
+
+
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
@@ -420,6 +460,9 @@ class Mode(enum.Enum):
     DAEMON = "daemon"
     DAEMON_STATUS = "daemon-status"
     STOP_DAEMON = "stop-daemon"
+    STATUS = "status"
+    LOGOUT = "logout"
+    DOCTOR = "doctor"
     HELP = "help"
     VERSION = "version"
 
@@ -457,6 +500,7 @@ OUTPUT = "Output"
 SESSION_TOOLS = "Session tools"
 OCI_READ = "OCI options woci reads (and passes on to oci)"
 MODES = "Modes"
+SESSION_TOOLS = "Session tools"
 
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--manager-config", "manager_config", "text", CONFIGURATION,
@@ -510,9 +554,6 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--log-level", "log_level", "level", OUTPUT,
                f"One of {', '.join(LOG_LEVELS)}. Default: {DEFAULT_LOG_LEVEL}. Logs go to "
                "stderr and never hold tokens or secrets."),
-    OptionSpec("--no-cache", "no_cache", "flag", SESSION_TOOLS,
-               "Run oci for `ce cluster generate-token` even when the OKE credential cache has "
-               "an answer, and refresh the cache with its answer.", in_ini=False),
     OptionSpec("--profile", "profile", "oci", OCI_READ,
                "The OCI profile. Default: env OCI_CLI_PROFILE, else DEFAULT.", anywhere=True),
     OptionSpec("--config-file", "config_file", "oci", OCI_READ,
@@ -529,6 +570,27 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--daemon-status", Mode.DAEMON_STATUS.value, "mode", MODES,
                "Report the daemon; exit 1 if none runs."),
     OptionSpec("--stop-daemon", Mode.STOP_DAEMON.value, "mode", MODES, "Stop the daemon."),
+    OptionSpec("--status", Mode.STATUS.value, "mode", SESSION_TOOLS,
+               "Show the session at a glance: the session token's subject, tenancy, expiry and "
+               "time left, how the refresh token is stored, the daemon. No network, no lock, "
+               "no provider settings needed: fit for a shell prompt. Exit 0 when the session "
+               "is usable without a browser, else 1."),
+    OptionSpec("--json", "json", "flag", SESSION_TOOLS,
+               "With --status: one JSON object on stdout instead of text. Anywhere else it is "
+               "a usage error (exit 2).", in_ini=False),
+    OptionSpec("--logout", Mode.LOGOUT.value, "mode", SESSION_TOOLS,
+               "End the session: stop the daemon, revoke the refresh token at the provider "
+               "(revocation_url), delete the session token, keys, refresh token (or keyring "
+               "item) and OKE credential cache, and remove security_token_file, key_file and "
+               "fingerprint from the profile. A revocation that cannot be made is a warning."),
+    OptionSpec("--doctor", Mode.DOCTOR.value, "mode", SESSION_TOOLS,
+               "Find out why it does not work: one ok/warn/FAIL line per check (where each "
+               "setting came from, secrets masked; the endpoints, called without credentials; "
+               "the clock; oci; file modes; the session; the refresh token; the daemon). Exit "
+               "1 if anything fails."),
+    OptionSpec("--no-cache", "no_cache", "flag", SESSION_TOOLS,
+               "Run oci for `ce cluster generate-token` even when the OKE credential cache has "
+               "an answer, and refresh the cache with its answer.", in_ini=False),
     OptionSpec("--help", Mode.HELP.value, "mode", MODES, "Show this help.", alias="-h"),
     OptionSpec("--version", Mode.VERSION.value, "mode", MODES, "Show woci's version."),
 )
@@ -537,6 +599,8 @@ INI_ONLY_KEYS = {
     "region": "text",
     "prompt": "text",
     "encrypt_refresh_token": "bool",
+    "revocation_url": "url",
+    "refresh_token_storage": "storage",
 }
 VALUE_KINDS = ("text", "url", "port", "seconds", "level")
 OPTIONS_BY_FLAG = {name: spec for spec in OPTIONS for name in (spec.flag, spec.alias) if name}
@@ -645,6 +709,12 @@ def split_command_line(argv: list[str]) -> CommandLine:
     return CommandLine(woci, oci_args, oci_options, mode, exec_argv)
 
 
+def check_option_combinations(cmd: CommandLine) -> None:
+    """Rules between options that the splitter cannot see one option at a time."""
+    if cmd.woci.get("json") and cmd.mode is not Mode.STATUS:
+        raise ConfigError("--json works only with --status: woci --status --json")
+
+
 def oci_command_words(oci_args: list[str]) -> list[str]:
     """The oci command's words (`session refresh`), past oci's global options and values."""
     words: list[str] = []
@@ -716,6 +786,8 @@ SETTINGS_DEFAULTS = {
     "refresh_token_passphrase_env": None,
     "refresh_token_passphrase_prompt": False,
     "encrypt_refresh_token": False,
+    "refresh_token_storage": "file",   # or "keyring"
+    "revocation_url": None,           # RFC 7009, for --logout
     "auto_refresh": False,
     "refresh_safety_window": DEFAULT_REFRESH_SAFETY_WINDOW,
     "log_level": DEFAULT_LOG_LEVEL,
@@ -833,6 +905,11 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
             raise ConfigError(f"{key} in {where} must be a positive number of seconds, "
                               f"not {text!r}")
         return seconds
+    if kind == "storage":
+        if text.lower() not in REFRESH_TOKEN_STORAGES:
+            raise ConfigError(f"{key} in {where} must be one of "
+                              f"{', '.join(REFRESH_TOKEN_STORAGES)}, not {text!r}")
+        return text.lower()
     if kind == "level":
         if text.upper() not in LOG_LEVELS:
             raise ConfigError(f"{key} in {where} must be one of {', '.join(LOG_LEVELS)}, "
@@ -843,8 +920,13 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
 
 def build_settings(cmd: CommandLine, environ: Mapping[str, str],
                    manager_ini: configparser.ConfigParser | None,
-                   manager_path: Path | None) -> Settings:
-    """Settings from flag > environment (secrets) > INI [profile] > INI [COMMON] > defaults."""
+                   manager_path: Path | None,
+                   required: tuple[str, ...] = REQUIRED_KEYS) -> Settings:
+    """Settings from flag > environment (secrets) > INI [profile] > INI [COMMON] > defaults.
+
+    The session tools pass required=() and get "" for what is missing: --logout and --doctor
+    need only some settings, and say what they could not do without the others.
+    """
     profile = resolve_profile(cmd, environ)
     ini = ini_values(manager_ini, profile)
     ini_where = f"{manager_path} [{profile}] or [{COMMON_SECTION}]" if manager_path else "INI"
@@ -863,7 +945,7 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
             values[spec.key] = spec.flag_sets if spec.kind == "flag" else \
                 _convert(spec.key, spec.kind, cmd.woci[spec.key], spec.flag)
 
-    missing = [key for key in REQUIRED_KEYS if not values.get(key)]
+    missing = [key for key in required if not values.get(key)]
     if missing:
         where = manager_path or "~/.oci/woci_manager.ini"
         flags = ", ".join(f"{key} ({FLAG_OF_KEY[key]})" for key in missing)
@@ -876,6 +958,8 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
     # Any source saying "not interactive" wins: an INI saying true must not make CI wait.
     interactive = bool(values.pop("interactive", True)) and not env_flag_is_true(
         environ.get("CI"))
+    for key in REQUIRED_KEYS:
+        values.setdefault(key, "")
     values.setdefault("token_exchange_url", values["token_url"])
     fields = set(Settings._fields)
     return Settings(
@@ -887,6 +971,59 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
         ca_bundle=environ.get("OCI_CLI_CERT_BUNDLE") or None,
         **{k: v for k, v in values.items() if k in fields},
     )
+
+
+class SettingSource(collections.namedtuple("SettingSource", "key value source problem")):
+    """Where one setting's value comes from, as --doctor reports it: the text given (None
+    when not set), its source (the flag, the variable, "<ini> [section]", "default", "not
+    set") and why the value is unusable, if it is."""
+
+    __slots__ = ()
+
+
+def describe_settings(cmd: CommandLine, environ: Mapping[str, str],
+                      manager_ini: configparser.ConfigParser | None,
+                      manager_path: Path | None) -> list[SettingSource]:
+    """Every setting with the source that wins, in build_settings' order of precedence."""
+    profile = resolve_profile(cmd, environ)
+    specs = {spec.key: spec for spec in SETTING_OPTIONS}
+    defaults = SETTINGS_DEFAULTS
+    ini = ini_values(manager_ini, profile)
+    described = []
+    for key, kind in INI_KINDS.items():
+        spec = specs.get(key)
+        value: str | None = None
+        source = "not set"
+        if ini.get(key, "").strip():
+            assert manager_ini is not None
+            in_profile = manager_ini.has_option(profile, key) if \
+                manager_ini.has_section(profile) else False
+            value = ini[key]
+            source = f"{manager_path} [{profile if in_profile else COMMON_SECTION}]"
+        if spec is not None and spec.env and environ.get(spec.env):
+            value, source = environ[spec.env], f"env {spec.env}"
+        if spec is not None and spec.key in cmd.woci:
+            raw = cmd.woci[spec.key]
+            value = str(spec.flag_sets).lower() if spec.kind == "flag" else str(raw)
+            source = spec.flag
+        if key == "interactive" and env_flag_is_true(environ.get("CI")):
+            value, source = "false", "env CI"
+        problem = None
+        if value is not None:
+            try:
+                _convert(key, kind, value, source)
+            except ConfigError as exc:
+                problem = str(exc)
+        elif key == "token_exchange_url":
+            source = "default: the token URL"
+        elif defaults.get(key) is not None:
+            default = defaults[key]
+            value = str(default).lower() if isinstance(default, bool) else str(default)
+            if isinstance(default, float) and default.is_integer():
+                value = str(int(default))
+            source = "default"
+        described.append(SettingSource(key, value, source, problem))
+    return described
 
 
 def warn_if_secrets_exposed(path: Path | None, manager_ini: configparser.ConfigParser | None
@@ -924,6 +1061,7 @@ class SessionPaths(collections.namedtuple("SessionPaths", "folder")):
     key = property(lambda self: self.folder / KEY_FILE)
     public_key = property(lambda self: self.folder / PUBLIC_KEY_FILE)
     refresh_token = property(lambda self: self.folder / REFRESH_TOKEN_FILE)
+    keyring_marker = property(lambda self: self.folder / KEYRING_MARKER_FILE)
     lock = property(lambda self: self.folder / LOCK_FILE)
     pid = property(lambda self: self.folder / PID_FILE)
     daemon_state = property(lambda self: self.folder / DAEMON_STATE_FILE)
@@ -1217,11 +1355,110 @@ def decrypt_refresh_token(raw: bytes, passphrase: str, path: Path) -> str:
     return plain.decode("utf-8")
 
 
-class RefreshTokenStore:
-    """The refresh token on disk: plain text, or encrypted JSON when a passphrase is set."""
+class KeyringItem(collections.namedtuple("KeyringItem", "service username")):
+    """The keyring item holding a refresh token: one per OCI config file and profile."""
 
-    def __init__(self, path: Path, passphrase: PassphraseSource):
+    __slots__ = ()
+
+    @classmethod
+    def for_profile(cls, config_file: Path, profile: str) -> "KeyringItem":
+        return cls(KEYRING_SERVICE, f"{os.path.realpath(config_file)} [{profile}]")
+
+    def write_marker(self, path: Path) -> None:
+        atomic_write(path, json.dumps({"service": self.service,
+                                       "username": self.username}).encode("utf-8"))
+
+    @classmethod
+    def read_marker(cls, path: Path) -> "KeyringItem" | None:
+        try:
+            document = json.loads(read_file_if_present(path) or b"null")
+        except (StorageError, ValueError):
+            return None
+        if isinstance(document, dict) and isinstance(document.get("service"), str) and \
+                isinstance(document.get("username"), str):
+            return cls(document["service"], document["username"])
+        return None
+
+
+def open_keyring() -> tuple[object | None, str]:
+    """The OS keyring's backend and its name, or None and why it cannot be used.
+
+    keyring is an optional extra (woci[keyring]), imported only by keyring storage. Its fail
+    and null backends are no keyring: the null one would silently drop the refresh token.
+    """
+    try:
+        import keyring
+    except ImportError:
+        return None, "the keyring package is not installed (pip install 'woci[keyring]')"
+    try:
+        backend = keyring.get_keyring()
+    except Exception as exc:  # a keyring configuration can fail in any backend's own way
+        return None, f"the keyring cannot be opened ({type(exc).__name__}: {one_line(exc)})"
+    name = f"{type(backend).__module__}.{type(backend).__name__}"
+    if type(backend).__module__ in ("keyring.backends.fail", "keyring.backends.null"):
+        return None, f"no usable keyring backend ({name})"
+    return backend, name
+
+
+def keyring_call(what: str, call: Callable[[], object]) -> object:
+    """One keyring operation; whatever the backend raises becomes one StorageError line."""
+    try:
+        return call()
+    except Exception as exc:  # D-Bus, a locked collection, a file backend's OSError...
+        raise StorageError(f"cannot {what} the OS keyring: {type(exc).__name__}: "
+                           f"{one_line(exc)[:200]}") from exc
+
+
+def drop_keyring_item(marker: Path, fallback: KeyringItem, backend) -> None:
+    """Delete the item the marker names, then the marker; an item already gone is no error."""
+    item = KeyringItem.read_marker(marker) or fallback
+    if keyring_call("read", lambda: backend.get_password(item.service, item.username)):
+        keyring_call("delete from", lambda: backend.delete_password(item.service, item.username))
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        pass
+
+
+class RefreshTokenStore:
+    """The refresh token on disk: plain text, or encrypted JSON when a passphrase is set.
+
+    keyring_marker, when given, is where a keyring store would have left its marker: settle()
+    then moves a token from the keyring back into the file (refresh_token_storage = file).
+    """
+
+    def __init__(self, path: Path, passphrase: PassphraseSource,
+                 keyring_marker: Path | None = None, item: KeyringItem | None = None,
+                 open_backend: Callable[[], tuple[object | None, str]] = open_keyring):
         self.path, self.passphrase = path, passphrase
+        self.keyring_marker, self.item, self.open_backend = keyring_marker, item, open_backend
+
+    def stored(self) -> bool:
+        """A refresh token is here or in the keyring to be moved here; no keyring opened."""
+        return self.path.exists() or bool(self.keyring_marker and self.keyring_marker.exists())
+
+    def settle(self) -> None:
+        """Move a token left in the keyring into the file; called once under the profile lock.
+        A file written while the keyring was unusable is newer than the keyring item."""
+        marker = self.keyring_marker
+        if marker is None or not marker.exists():
+            return
+        backend, why = self.open_backend()
+        if backend is None:
+            log().warning("the refresh token is in the OS keyring but %s; it stays there (set "
+                        "refresh_token_storage = keyring to use it)", why)
+            return
+        item = KeyringItem.read_marker(marker) or self.item
+        if item is None:
+            marker.unlink(missing_ok=True)
+            return
+        if not self.path.exists():
+            token = keyring_call("read", lambda: backend.get_password(item.service,
+                                                                      item.username))
+            if isinstance(token, str) and token:
+                self.save(token)
+                log().info("moved the refresh token from the OS keyring to %s", self.path)
+        drop_keyring_item(marker, item, backend)
 
     def load(self) -> str | None:
         raw = read_file_if_present(self.path)
@@ -1258,6 +1495,144 @@ class RefreshTokenStore:
         except StorageError:
             return False
         return raw is not None and is_encrypted_document(raw)
+
+
+class NoPassphrase:
+    """The passphrase of a keyring store: none, the keyring protects the item (SPEC 14)."""
+
+    configured = False
+
+    def get(self, creating: bool = False) -> str:
+        raise RefreshTokenError("a refresh token in the OS keyring has no passphrase")
+
+
+class KeyringRefreshTokenStore:
+    """The refresh token as one item in the OS keyring, with RefreshTokenStore's interface.
+
+    A marker file in the session folder names the item (never the token), so --status and
+    --logout know where the token is without opening the keyring. With no keyring package or
+    no usable backend: one warning, then the file store does the work. When both hold a token
+    the file is the newer one: every keyring save removes the file.
+    """
+
+    def __init__(self, item: KeyringItem, file_store: RefreshTokenStore, marker: Path,
+                 open_backend: Callable[[], tuple[object | None, str]] = open_keyring):
+        self.item, self.file_store, self.marker = item, file_store, marker
+        self.open_backend = open_backend
+        self._opened = False
+        self._backend: object | None = None
+
+    def _keyring(self):
+        """The backend, opened once; None (after one warning) when it cannot be used."""
+        if not self._opened:
+            self._opened = True
+            self._backend, why = self.open_backend()
+            if self._backend is None:
+                log().warning("refresh_token_storage = keyring, but %s; keeping the refresh "
+                            "token in %s", why, self.file_store.path)
+        return self._backend
+
+    @property
+    def passphrase(self):
+        return self.file_store.passphrase if self._keyring() is None else NoPassphrase()
+
+    @property
+    def path(self) -> Path:
+        """Where the token is, for messages: the file when the keyring cannot be used."""
+        return self.file_store.path if self._keyring() is None else self.marker
+
+    def stored(self) -> bool:
+        return self.marker.exists() or self.file_store.path.exists()
+
+    def settle(self) -> None:
+        """Move a token from the file into the keyring; called once under the profile lock."""
+        if self._keyring() is None or not self.file_store.path.exists():
+            return
+        token = self.file_store.load()
+        if token is not None:
+            self.save(token)
+            log().info("moved the refresh token from %s to the OS keyring", self.file_store.path)
+
+    def load(self) -> str | None:
+        backend = self._keyring()
+        if backend is None or self.file_store.path.exists():
+            return self.file_store.load()
+        if not self.marker.exists():
+            return None
+        item = KeyringItem.read_marker(self.marker) or self.item
+        token = keyring_call("read", lambda: backend.get_password(item.service, item.username))
+        if not isinstance(token, str) or not token:
+            log().warning("the OS keyring holds no refresh token for %s (removed by hand?)",
+                        item.username)
+            return None
+        return token
+
+    def save(self, token: str) -> None:
+        backend = self._keyring()
+        if backend is None:
+            self.file_store.save(token)
+            return
+        try:
+            keyring_call("write to", lambda: backend.set_password(self.item.service,
+                                                                  self.item.username, token))
+        except StorageError as exc:
+            # The token may be a just-rotated one: it must be kept somewhere.
+            log().warning("%s; keeping the refresh token in %s", exc, self.file_store.path)
+            self.file_store.save(token)
+            return
+        previous = KeyringItem.read_marker(self.marker)
+        self.item.write_marker(self.marker)
+        if previous is not None and previous != self.item:
+            try:
+                keyring_call("delete from",
+                             lambda: backend.delete_password(previous.service, previous.username))
+            except StorageError as exc:
+                log().warning("%s (an old item of woci's)", exc)
+        try:
+            self.file_store.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot remove {self.file_store.path}: "
+                               f"{describe_os_error(exc)}") from exc
+
+    def holds_encrypted(self) -> bool:
+        return self._keyring() is None and self.file_store.holds_encrypted()
+
+
+def refresh_token_store(settings: Settings, paths: SessionPaths, passphrase: PassphraseSource):
+    """The store refresh_token_storage asks for: the file, or the OS keyring."""
+    item = KeyringItem.for_profile(settings.oci_config_file, settings.profile)
+    file_store = RefreshTokenStore(paths.refresh_token, passphrase, paths.keyring_marker, item)
+    if settings.refresh_token_storage == "keyring":
+        return KeyringRefreshTokenStore(item, file_store, paths.keyring_marker)
+    return file_store
+
+
+class StoredRefreshToken(collections.namedtuple("StoredRefreshToken", "storage expires_at")):
+    """How the refresh token is stored (file, encrypted-file, keyring, or None: none), and
+    its exp when it is a JWT that woci can read without a secret."""
+
+    __slots__ = ()
+
+
+def stored_refresh_token(paths: SessionPaths) -> StoredRefreshToken:
+    """How the refresh token is stored, from the files alone: no keyring, no passphrase."""
+    try:
+        raw = read_file_if_present(paths.refresh_token)
+    except StorageError:
+        return StoredRefreshToken("file", None)
+    if raw is not None:
+        if is_encrypted_document(raw):
+            return StoredRefreshToken("encrypted-file", None)
+        try:
+            text = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            text = ""
+        return StoredRefreshToken("file", jwt_expiry_or_none(text) if text else None)
+    if paths.keyring_marker.exists():
+        return StoredRefreshToken("keyring", None)
+    return StoredRefreshToken(None, None)
 
 
 # --- the OCI config file ---------------------------------------------------------------------
@@ -1359,6 +1734,32 @@ def upsert_profile(text: str | None, profile: str, values: Mapping[str, str]) ->
     return "".join(lines[:start + 1] + kept + lines[end:])
 
 
+def remove_profile_keys(text: str, profile: str, keys: tuple[str, ...]) -> tuple[str, list[str]]:
+    """The config text without these keys (and their continuation lines) in the profile's
+    section, and the keys that were there; every other byte stays as it was."""
+    lines = split_config_lines(text)
+    start = next((i for i, line in enumerate(lines) if _is_section_header(line) == profile), None)
+    if start is None:
+        return text, []
+    end = next((i for i in range(start + 1, len(lines)) if _is_section_header(lines[i])),
+               len(lines))
+    kept: list[str] = []
+    removed: list[str] = []
+    skipping_continuation = False
+    for line in lines[start + 1:end]:
+        if skipping_continuation and line[:1].isspace() and line.strip():
+            continue
+        skipping_continuation = False
+        key = _key_of(line)
+        if key in keys:
+            if key not in removed:
+                removed.append(key)
+            skipping_continuation = True
+        else:
+            kept.append(line)
+    return "".join(lines[:start + 1] + kept + lines[end:]), [k for k in keys if k in removed]
+
+
 def write_oci_config(path: Path, old_text: str | None, new_text: str) -> None:
     if old_text == new_text:
         return
@@ -1437,6 +1838,36 @@ def update_oci_profile(settings: Settings, paths: SessionPaths, environ: Mapping
         values = profile_values(settings, paths, config, key_path, upst, fingerprint)
         write_oci_config(settings.oci_config_file, text,
                          upsert_profile(text, settings.profile, values))
+
+
+# What a session adds to a profile and --logout takes away again; tenancy and region stay.
+SESSION_PROFILE_KEYS = ("security_token_file", "key_file", "fingerprint")
+
+
+def forget_session_in_profile(config_file: Path, profile: str, paths: SessionPaths,
+                              environ: Mapping[str, str]) -> list[str]:
+    """Remove SESSION_PROFILE_KEYS from the profile, under the config lock, when it points at
+    this session (a profile with the user's own API key is not woci's); the keys removed."""
+    folder = paths.folder.resolve()
+
+    def change(text: str | None, config: configparser.ConfigParser
+               ) -> tuple[str | None, list[str]]:
+        if text is None or not profile_exists(config, profile):
+            return text, []
+        pointing = [key for key in ("security_token_file", "key_file")
+                    if config.get(profile, key, fallback="") and
+                    expand_home(config.get(profile, key), environ).parent.resolve() == folder]
+        return remove_profile_keys(text, profile, SESSION_PROFILE_KEYS) if pointing else \
+            (text, [])
+
+    if not change(*read_oci_config(config_file))[1]:
+        return []   # nothing to take away: no lock taken, no folder made for one
+    with ConfigLock(paths.root, config_file):
+        text, config = read_oci_config(config_file)
+        new_text, removed = change(text, config)
+        if removed and text is not None and new_text is not None:
+            write_oci_config(config_file, text, new_text)
+        return removed
 
 
 # --------------------------------------------------------------------------------------------
@@ -1620,14 +2051,20 @@ def store_credential(paths: SessionPaths, key: list[str], output: bytes) -> None
         log().warning("cannot cache the OKE credential: %s", exc)
 
 
-def clear_credential_cache(paths: SessionPaths) -> None:
-    """Forget every cached OKE credential of the profile (a new sign-in, a logout)."""
+def clear_credential_cache(paths: SessionPaths) -> bool:
+    """Forget every cached OKE credential of the profile (a new sign-in, a logout); True
+    when there was a cache. A symlink in its place is removed, never followed."""
     import shutil
 
+    folder = paths.credential_cache
     try:
-        shutil.rmtree(paths.credential_cache)
+        if folder.is_symlink():
+            folder.unlink()
+        else:
+            shutil.rmtree(folder)
+        return True
     except FileNotFoundError:
-        pass
+        return False
     except OSError as exc:
         raise StorageError(f"cannot clear {paths.credential_cache}: "
                            f"{describe_os_error(exc)}") from exc
@@ -1662,8 +2099,11 @@ def _short_cause(exc: BaseException) -> str:
     return text[:200]
 
 
-def _parse_oauth_answer(response, url: str, what: str, skew: float | None) -> dict:
+def _parse_oauth_answer(response, url: str, what: str, skew: float | None,
+                        any_success: bool = False) -> dict:
     note = clock_skew_note(skew, "the server")
+    if any_success and 200 <= response.status_code < 300:
+        return {}   # RFC 7009: the body of a revocation's answer means nothing
     try:
         document = response.json()
     except ValueError:
@@ -1686,7 +2126,7 @@ def post_form(url: str, form: Mapping[str, str], what: str,
               now: Callable[[], float] = time.time,
               sleep: Callable[[float], None] = time.sleep,
               jitter: Callable[[], float] | None = None,
-              ca_bundle: str | None = None) -> dict:
+              ca_bundle: str | None = None, any_success: bool = False) -> dict:
     """POST a form and return the JSON answer, retrying what a retry can fix.
 
     Timeouts, refused connections, 429 and 5xx are retried with exponential backoff and
@@ -1724,7 +2164,7 @@ def post_form(url: str, form: Mapping[str, str], what: str,
             skew = clock_skew_seconds(response.headers.get("Date"), now())
             log().debug("%s answered HTTP %s", what, response.status_code)
             if response.status_code not in RETRYABLE_STATUSES:
-                return _parse_oauth_answer(response, url, what, skew)
+                return _parse_oauth_answer(response, url, what, skew, any_success)
             last_problem = f"HTTP {response.status_code}"
             retry_after = response.headers.get("Retry-After")
         if attempt + 1 < HTTP_ATTEMPTS:
@@ -1771,6 +2211,58 @@ def refresh_grant(settings: Settings, refresh_token: str) -> TokenResponse:
                                ) from exc
         raise AuthError(f"refresh failed: {exc}") from exc
     return _token_response(document, settings.token_url)
+
+
+def revocation_endpoint(settings: Settings) -> str | None:
+    """Where --logout revokes the refresh token: the INI's revocation_url. The one place a
+    discovered revocation_endpoint (SPEC 10) fills in when the INI does not set one."""
+    return settings.revocation_url or None
+
+
+def revoke_refresh_token(settings: Settings, url: str, refresh_token: str) -> None:
+    """RFC 7009: the provider ends the refresh token (and, at most providers, its grant)."""
+    form = {"token": refresh_token, "token_type_hint": "refresh_token",
+            "client_id": settings.auth_client_id}
+    post_form(url, form, "revocation endpoint", _client_auth(settings),
+              ca_bundle=settings.ca_bundle, any_success=True)
+
+
+class Probe(collections.namedtuple("Probe", "status content_type oauth_error skew problem")):
+    """What one credential-less request to an endpoint showed (--doctor): the HTTP status
+    (None: no answer at all), the content type, the `error` of an OAuth JSON answer, this
+    machine's clock minus the server's Date, and why there was no answer."""
+
+    __slots__ = ()
+
+
+def probe_endpoint(url: str, ca_bundle: str | None = None,
+                   now: Callable[[], float] = time.time) -> Probe:
+    """One POST of an empty form, no credentials, no retries: is anyone answering there?
+
+    A token endpoint answers it with an OAuth error (invalid_request, invalid_client), which
+    shows that it is reachable and speaks OAuth; nothing is spent and nothing is sent.
+    """
+    import requests
+
+    tls = {"verify": ca_bundle} if ca_bundle else {}
+    try:
+        with requests.Session() as session:
+            response = session.post(url, data={}, timeout=PROBE_TIMEOUT, auth=_no_netrc,
+                                    headers={"Accept": "application/json"},
+                                    allow_redirects=False, **tls)
+    except requests.exceptions.SSLError as exc:
+        return Probe(None, "", None, None, f"TLS failure: {_short_cause(exc)}")
+    except requests.exceptions.RequestException as exc:
+        return Probe(None, "", None, None, _short_cause(exc))
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    error = document.get("error") if isinstance(document, dict) else None
+    return Probe(response.status_code,
+                 response.headers.get("Content-Type", "").split(";")[0].strip(),
+                 str(error) if error else None,
+                 clock_skew_seconds(response.headers.get("Date"), now()), None)
 
 
 # --- the browser sign-in ---------------------------------------------------------------------
@@ -2094,8 +2586,8 @@ class Session(collections.namedtuple(
              passphrase: PassphraseSource | None = None, background: bool = False,
              **seams) -> "Session":
         paths = SessionPaths.for_profile(settings.profile, environ)
-        store = RefreshTokenStore(paths.refresh_token,
-                                  passphrase or PassphraseSource(settings, environ))
+        store = refresh_token_store(settings, paths,
+                                    passphrase or PassphraseSource(settings, environ))
         return cls(settings, environ, paths, store,
                    can_sign_in=settings.interactive and not background, **seams)
 
@@ -2224,7 +2716,8 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
     2. Nobody can sign in and no refresh token is stored: SignInNeeded at once, without
        waiting for a lock another woci may hold for its own sign-in.
     3. Take the profile lock and look again: another woci may have renewed it meanwhile.
-    4. Make sure a new refresh token could be stored (the passphrase, if one is configured)
+    4. Move the refresh token between file and keyring if refresh_token_storage changed;
+       make sure a new refresh token could be stored (the passphrase, if one is configured)
        before any grant spends the old one.
     5. A refresh token is stored: refresh grant (a refused token is re-read once: another
        process may have rotated it), the rotated token saved at once.
@@ -2237,7 +2730,7 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
         state = read_session_token(paths)
         if session_is_fresh(state, session.now(), min_validity) and _profile_points_here(session):
             return state
-    if not session.can_sign_in and not paths.refresh_token.exists():
+    if not session.can_sign_in and not session.refresh_tokens.stored():
         raise SignInNeeded(sign_in_hint(settings))
     with ProfileLock(paths.lock, settings.login_timeout + LOCK_GRACE_SECONDS, settings.profile):
         state = read_session_token(paths)
@@ -2248,6 +2741,7 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
             log().warning("%s; getting a new one", state.problem)
         # An OCI config woci could not update must stop it before a refresh or a sign-in.
         _, config = read_oci_config(settings.oci_config_file)
+        session.refresh_tokens.settle()   # file <-> keyring, as refresh_token_storage says
         _prepare_refresh_token_storage(session)
         tokens = None if renewal is Renewal.SIGN_IN else _refresh(session)
         if tokens is None:
@@ -2768,7 +3262,579 @@ def stop_daemon(paths: SessionPaths, profile: str,
 
 
 # --------------------------------------------------------------------------------------------
-# 10. Running oci (or --exec's command)
+# 10. Session tools: --status, --logout, --doctor
+# --------------------------------------------------------------------------------------------
+
+# --- --status: the session at a glance, from the session folder alone ------------------------
+
+
+class StatusReport(collections.namedtuple("StatusReport",
+                                          "document token_problem daemon_problem")):
+    """--status: the JSON object of SPEC 12, exactly, and for the text only why the token
+    file or the daemon's pid file is unusable."""
+
+    __slots__ = ()
+
+
+def daemon_holder(paths: SessionPaths) -> tuple[bool, int | None, str | None]:
+    """(running, pid, problem) from the pid file's lock; changes nothing."""
+    try:
+        pid = PidFile(paths.pid).holder()
+    except DaemonError as exc:
+        return True, None, str(exc)
+    return pid is not None, pid, None
+
+
+def session_status(paths: SessionPaths, profile: str, now: float) -> StatusReport:
+    """No network, no lock, no keyring, no passphrase, no settings: a shell prompt calls it."""
+    state = read_session_token(paths)
+    claims: dict = {}
+    if state.token:
+        try:
+            claims = jwt_claims_unverified(state.token)
+        except ValueError:
+            claims = {}
+    exp = state.expires_at
+    subject, tenancy = claims.get("sub"), claims.get("tenant")
+    refresh = stored_refresh_token(paths)
+    running, pid, daemon_problem = daemon_holder(paths)
+    document = {
+        "profile": profile,
+        "session": {
+            "valid": exp is not None and exp > now,
+            "exp": exp,
+            "expires_at": iso_utc(exp),
+            "seconds_left": int(exp - now) if exp is not None else None,
+            "subject": subject if isinstance(subject, str) else None,
+            "tenancy": tenancy if isinstance(tenancy, str) else None,
+        },
+        "refresh_token": {"stored": refresh.storage is not None, "storage": refresh.storage,
+                          "expires_at": iso_utc(refresh.expires_at)},
+        "daemon": {"running": running, "pid": pid},
+    }
+    return StatusReport(document, state.problem, daemon_problem)
+
+
+def status_usable(report: StatusReport) -> bool:
+    """Usable without a browser: a valid session token, or a refresh token to renew it."""
+    return bool(report.document["session"]["valid"] or report.document["refresh_token"]["stored"])
+
+
+def status_text(report: StatusReport, now: float) -> str:
+    doc = report.document
+    session, refresh, daemon = doc["session"], doc["refresh_token"], doc["daemon"]
+    if report.token_problem:
+        line = f"unusable ({report.token_problem})"
+    elif session["exp"] is None:
+        line = "none"
+    else:
+        when = session["expires_at"] or format_timestamp(session["exp"])
+        left = session["seconds_left"]
+        line = (f"valid until {when} ({format_duration(left)} left)" if session["valid"]
+                else f"expired at {when} ({format_duration(-left)} ago)")
+    stored = refresh["storage"] or "none"
+    if refresh["expires_at"]:
+        stored += f", expires {refresh['expires_at']}"
+    if daemon["running"]:
+        daemon_line = f"running, pid {daemon['pid']}" if daemon["pid"] else \
+            f"unknown ({report.daemon_problem})"
+    else:
+        daemon_line = "not running"
+    lines = [f"profile: {doc['profile']}", f"session: {line}"]
+    if session["subject"]:
+        lines.append(f"subject: {session['subject']}")
+    if session["tenancy"]:
+        lines.append(f"tenancy: {session['tenancy']}")
+    lines += [f"refresh token: {stored}", f"daemon: {daemon_line}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- --logout: end the session, here and at the provider --------------------------------------
+
+
+def _stored_refresh_token_values(settings: Settings, paths: SessionPaths,
+                                 environ: Mapping[str, str]) -> list[str]:
+    """Every refresh token stored for the profile (file and keyring); a warning for each one
+    that cannot be read, which then cannot be revoked."""
+    tokens = []
+    try:
+        token = RefreshTokenStore(paths.refresh_token, PassphraseSource(settings, environ)).load()
+        if token:
+            tokens.append(token)
+    except WociError as exc:
+        log().warning("cannot revoke the refresh token: %s", exc)
+    if paths.keyring_marker.exists():
+        backend, why = open_keyring()
+        item = KeyringItem.read_marker(paths.keyring_marker) or \
+            KeyringItem.for_profile(settings.oci_config_file, settings.profile)
+        if backend is None:
+            log().warning("the refresh token is in the OS keyring but %s: it is neither revoked "
+                        "nor deleted there", why)
+        else:
+            try:
+                token = keyring_call("read", lambda: backend.get_password(item.service,
+                                                                          item.username))
+            except StorageError as exc:
+                log().warning("cannot revoke the refresh token: %s", exc)
+            else:
+                if isinstance(token, str) and token and token not in tokens:
+                    tokens.append(token)
+    return tokens
+
+
+def revoke_at_provider(settings: Settings, tokens: list[str]) -> bool:
+    """Revoke each token (RFC 7009); False, after a warning, when any could not be."""
+    url = revocation_endpoint(settings)
+    if url is None:
+        log().warning("no revocation_url is configured, so the refresh token was not revoked at "
+                    "the provider: it stays valid there until it expires")
+        return False
+    revoked = True
+    for token in tokens:
+        try:
+            revoke_refresh_token(settings, url, token)
+        except WociError as exc:
+            log().warning("the refresh token was not revoked: %s", exc)
+            revoked = False
+    return revoked
+
+
+def delete_session_files(paths: SessionPaths, key_path: Path) -> list[str]:
+    """Delete the session's credentials and the OKE credential cache; the names deleted."""
+    deleted = []
+    for path in dict.fromkeys((paths.token, key_path, paths.key, paths.public_key,
+                               paths.refresh_token, paths.daemon_state)):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path}: {describe_os_error(exc)}") from exc
+        deleted.append(path.name)
+    if clear_credential_cache(paths):
+        deleted.append(f"{CREDENTIAL_CACHE_FOLDER}/")
+    return deleted
+
+
+def delete_keyring_item(settings: Settings, paths: SessionPaths) -> bool:
+    """Delete the keyring item the marker names, and the marker; True when done."""
+    if not paths.keyring_marker.exists():
+        return False
+    backend, why = open_keyring()
+    if backend is None:
+        return False   # said already by _stored_refresh_token_values
+    try:
+        drop_keyring_item(paths.keyring_marker,
+                          KeyringItem.for_profile(settings.oci_config_file, settings.profile),
+                          backend)
+    except StorageError as exc:
+        log().warning("%s; the keyring item is left", exc)
+        return False
+    return True
+
+
+def logout(settings: Settings, environ: Mapping[str, str],
+           stop: Callable[[SessionPaths, str], int] = stop_daemon) -> str:
+    """Every step of --logout, in order; the one line saying what was done.
+
+    The daemon is stopped first (it would renew again), then under the profile lock: the
+    refresh token revoked, the files, keyring item and OKE cache deleted, the profile's
+    session keys removed. A revocation that cannot be made is a warning, never a stop.
+    """
+    profile, paths = settings.profile, SessionPaths.for_profile(settings.profile, environ)
+    done = []
+    if paths.folder.is_dir():
+        if daemon_holder(paths)[0]:
+            done.append(f"stopped the daemon (pid {stop(paths, profile)})")
+        with ProfileLock(paths.lock, settings.login_timeout + LOCK_GRACE_SECONDS, profile):
+            tokens = _stored_refresh_token_values(settings, paths, environ)
+            if tokens and revoke_at_provider(settings, tokens):
+                done.append("revoked the refresh token at the provider")
+            try:
+                _, config = read_oci_config(settings.oci_config_file)
+            except ConfigError as exc:
+                log().warning("%s", exc)
+                config = configparser.ConfigParser()
+            deleted = delete_session_files(
+                paths, session_key_path(config, profile, paths, environ))
+            if delete_keyring_item(settings, paths):
+                deleted.append("the keyring item")
+            if deleted:
+                done.append(f"deleted {', '.join(deleted)}")
+    try:
+        removed = forget_session_in_profile(settings.oci_config_file, profile, paths, environ)
+    except ConfigError as exc:
+        log().warning("%s; the profile was left as it is", exc)
+        removed = []
+    if removed:
+        done.append(f"removed {', '.join(removed)} from [{profile}] in "
+                    f"{settings.oci_config_file}")
+    if not done:
+        return f"nothing to do: no session is stored for profile {profile}\n"
+    return f"logged out of profile {profile}: {'; '.join(done)}\n"
+
+
+# --- --doctor: one line per check -------------------------------------------------------------
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+class Check(collections.namedtuple("Check", "level message")):
+    """One doctor line: OK, WARN or FAIL, and a message that says what to do when it is not
+    OK; never a token or a secret."""
+
+    __slots__ = ()
+
+
+class DoctorContext(collections.namedtuple("DoctorContext", (
+        "cmd environ profile paths oci_config_file manager_candidates manager_path "
+        "manager_ini manager_problem settings settings_problem probes now"),
+        defaults=(time.time,))):
+    """What the checks look at: found once, each setting source kept, even broken ones
+    (a *_problem says why one is missing); probes keeps each endpoint's answer by URL."""
+
+    __slots__ = ()
+
+    @classmethod
+    def gather(cls, cmd: CommandLine, environ: Mapping[str, str]) -> "DoctorContext":
+        profile = resolve_profile(cmd, environ)
+        oci_config = resolve_oci_config_file(cmd, environ)
+        candidates, explicit = manager_config_candidates(cmd, environ, oci_config)
+        manager_problem = None
+        try:
+            path, ini = load_manager_ini(candidates, explicit)
+        except ConfigError as exc:
+            path, ini, manager_problem = None, None, str(exc)
+        settings, settings_problem = None, None
+        try:
+            settings = build_settings(cmd, environ, ini, path, required=())
+        except ConfigError as exc:
+            settings_problem = str(exc)
+        return cls(cmd, environ, profile, SessionPaths.for_profile(profile, environ),
+                   oci_config, candidates, path, ini, manager_problem, settings,
+                   settings_problem, {})
+
+    def probe(self, url: str) -> Probe:
+        if url not in self.probes:
+            ca_bundle = self.settings.ca_bundle if self.settings else None
+            self.probes[url] = probe_endpoint(url, ca_bundle, self.now)
+        return self.probes[url]
+
+
+def check_manager_config(ctx: DoctorContext) -> Check:
+    if ctx.manager_problem:
+        return Check(FAIL, f"manager config: {ctx.manager_problem}; fix --manager-config or "
+                           "WOCI_MANAGER_CONFIG")
+    if ctx.manager_path is None:
+        looked = " and ".join(dict.fromkeys(str(path) for path in ctx.manager_candidates))
+        return Check(WARN, f"manager config: none found (looked for {looked}); put the "
+                           "settings there (see woci_manager.ini.example)")
+    return Check(OK, f"manager config: {ctx.manager_path}")
+
+
+def check_settings(ctx: DoctorContext) -> list[Check]:
+    """One line per setting: its value (a secret masked) and where it came from."""
+    where = ctx.manager_path or ctx.manager_candidates[-1]
+    checks = []
+    for item in describe_settings(ctx.cmd, ctx.environ, ctx.manager_ini, ctx.manager_path):
+        if item.problem:
+            checks.append(Check(FAIL, f"{item.key}: {item.problem}"))
+        elif item.value is None and item.key in REQUIRED_KEYS:
+            checks.append(Check(FAIL, f"{item.key}: not set; set it in [{ctx.profile}] or "
+                                      f"[{COMMON_SECTION}] of {where}, or pass "
+                                      f"{FLAG_OF_KEY[item.key]}"))
+        elif item.value is None:
+            note = "" if item.source == "not set" else f" ({item.source})"
+            checks.append(Check(OK, f"{item.key}: not set{note}"))
+        else:
+            shown = mask_secret(item.value) if item.key in SECRET_KEYS else item.value
+            checks.append(Check(OK, f"{item.key} = {shown} ({item.source})"))
+    if ctx.settings_problem and not any(check.level == FAIL for check in checks):
+        checks.append(Check(FAIL, f"settings: {ctx.settings_problem}"))
+    return checks
+
+
+def check_discovery(ctx: DoctorContext) -> Check:
+    """The place for OIDC discovery (SPEC 10) once `issuer` exists."""
+    return Check(OK, "discovery: no issuer configured (the endpoints are set one by one)")
+
+
+def _endpoint_check(ctx: DoctorContext, what: str, key: str, url: str | None) -> Check:
+    if not url:
+        return Check(WARN, f"{what}: not checked ({key} is not set)")
+    probe = ctx.probe(url)
+    if probe.problem:
+        return Check(FAIL, f"{what} {url}: {probe.problem}; check {key}, and the network "
+                           "between here and there (proxy, VPN, firewall)")
+    if probe.status is not None and probe.status >= 500:
+        return Check(WARN, f"{what} {url}: answered HTTP {probe.status}; the server has a "
+                           "problem, try again later")
+    if probe.oauth_error:
+        return Check(OK, f"{what} {url}: reachable (HTTP {probe.status} {probe.oauth_error} "
+                         "to a request without credentials, as expected)")
+    return Check(WARN, f"{what} {url}: answered HTTP {probe.status} "
+                       f"{probe.content_type or 'without a content type'}, not an OAuth "
+                       f"error; is {key} right?")
+
+
+def check_token_endpoint(ctx: DoctorContext) -> Check:
+    url = ctx.settings.token_url if ctx.settings else None
+    return _endpoint_check(ctx, "token endpoint", "token_url", url)
+
+
+def check_exchange_endpoint(ctx: DoctorContext) -> Check:
+    url = ctx.settings.token_exchange_url if ctx.settings else None
+    return _endpoint_check(ctx, "OCI token exchange", "token_exchange_url", url)
+
+
+def check_revocation_endpoint(ctx: DoctorContext) -> Check:
+    url = revocation_endpoint(ctx.settings) if ctx.settings else None
+    if url is None:
+        return Check(WARN, "revocation endpoint: revocation_url is not set, so --logout "
+                           "cannot revoke the refresh token at the provider; set it to the "
+                           "provider's RFC 7009 endpoint")
+    return _endpoint_check(ctx, "revocation endpoint", "revocation_url", url)
+
+
+def check_clock(ctx: DoctorContext) -> Check:
+    skews = [(url, probe.skew) for url, probe in ctx.probes.items() if probe.skew is not None]
+    if not skews:
+        return Check(WARN, "clock: not compared (no endpoint answered with a Date)")
+    import urllib.parse
+
+    url, skew = max(skews, key=lambda item: abs(item[1]))
+    host = urllib.parse.urlsplit(url).netloc
+    direction = "ahead of" if skew > 0 else "behind"
+    if abs(skew) > CLOCK_SKEW_FAIL_SECONDS:
+        return Check(FAIL, f"clock: this machine's clock is {abs(skew):.0f} s {direction} "
+                           f"{host}'s; OCI refuses requests more than 5 min off: fix the "
+                           "clock (enable NTP)")
+    if abs(skew) > CLOCK_SKEW_TOLERANCE_SECONDS:
+        return Check(WARN, f"clock: this machine's clock is {abs(skew):.0f} s {direction} "
+                           f"{host}'s; fix the clock (enable NTP) before OCI refuses it")
+    return Check(OK, f"clock: within {CLOCK_SKEW_TOLERANCE_SECONDS} s of the endpoints' "
+                     f"(largest difference {abs(skew):.0f} s)")
+
+
+def check_oci(ctx: DoctorContext) -> Check:
+    import shutil
+
+    oci = shutil.which("oci", path=ctx.environ.get("PATH") or os.defpath)
+    if oci is None:
+        return Check(FAIL, "oci: not found on PATH; install the OCI CLI (pip install oci-cli)")
+    secrets_in_env = {spec.env for spec in SETTING_OPTIONS if spec.secret and spec.env}
+    env = {name: value for name, value in ctx.environ.items() if name not in secrets_in_env}
+    try:
+        result = subprocess.run([oci, "--version"], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, errors="replace",
+                                timeout=OCI_VERSION_TIMEOUT_SECONDS, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check(FAIL, f"oci: `{oci} --version` did not run: "
+                           f"{describe_os_error(exc)}; reinstall the OCI CLI")
+    if result.returncode != 0:
+        said = (result.stderr.strip().splitlines() or [""])[-1][:200]
+        return Check(FAIL, f"oci: `{oci} --version` exited {result.returncode} ({said}); "
+                           "reinstall the OCI CLI")
+    return Check(OK, f"oci: {result.stdout.strip()[:40]} ({oci})")
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return path.lstat().st_mode
+    except OSError:
+        return None
+
+
+def check_session_folder(ctx: DoctorContext) -> Check:
+    import stat
+
+    folder = ctx.paths.folder
+    mode = _mode(folder)
+    if mode is None:
+        return Check(OK, f"session folder: {folder} does not exist yet (a sign-in makes it)")
+    if not stat.S_ISDIR(mode):
+        return Check(FAIL, f"session folder: {folder} is not a folder; move it away")
+    if mode & 0o077:
+        return Check(FAIL, f"session folder: {folder} is mode {stat.S_IMODE(mode):04o}, open "
+                           f"to other users; run: chmod 700 {folder}")
+    return Check(OK, f"session folder: {folder} (0700)")
+
+
+def check_session_files(ctx: DoctorContext) -> Check:
+    import stat
+
+    paths = ctx.paths
+    present, open_to_others = [], []
+    for path in (paths.token, paths.key, paths.public_key, paths.refresh_token,
+                 paths.keyring_marker, paths.pid, paths.daemon_state, paths.daemon_log):
+        mode = _mode(path)
+        if mode is None:
+            continue
+        present.append(path)
+        if stat.S_ISLNK(mode):
+            return Check(WARN, f"session files: {path} is a symbolic link, which oci warns "
+                               "about; run woci --logout and sign in again")
+        if mode & 0o077:
+            open_to_others.append(str(path))
+    if open_to_others:
+        return Check(FAIL, f"session files open to other users: {', '.join(open_to_others)}; "
+                           f"run: chmod 600 {' '.join(open_to_others)}")
+    if not present:
+        return Check(OK, "session files: none yet")
+    return Check(OK, f"session files: {len(present)}, all private (0600)")
+
+
+def check_manager_ini_mode(ctx: DoctorContext) -> Check:
+    import stat
+
+    path = ctx.manager_path
+    mode = _mode(path) if path else None
+    if path is None or mode is None:
+        return Check(OK, "manager config mode: no file to check")
+    ini = ctx.manager_ini
+    holds_secret = ini is not None and any(ini.has_option(section, key)
+                                           for section in ini.sections() for key in SECRET_KEYS)
+    if mode & 0o077 and holds_secret:
+        return Check(FAIL, f"manager config mode: {path} holds a client secret and is mode "
+                           f"{stat.S_IMODE(mode):04o}, readable by others; run: chmod 600 {path}")
+    if mode & 0o077:
+        return Check(OK, f"manager config mode: {path} is {stat.S_IMODE(mode):04o} and holds "
+                         "no secret")
+    return Check(OK, f"manager config mode: {path} is {stat.S_IMODE(mode):04o}")
+
+
+def check_oci_profile(ctx: DoctorContext) -> Check:
+    path, profile = ctx.oci_config_file, ctx.profile
+    try:
+        text, config = read_oci_config(path)
+    except WociError as exc:
+        return Check(FAIL, f"OCI config: {exc}")
+    if text is None:
+        return Check(WARN, f"OCI config: {path} does not exist yet; a sign-in writes it")
+    if not profile_exists(config, profile):
+        return Check(WARN, f"OCI config: no profile [{profile}] in {path} yet; a sign-in "
+                           "adds it")
+    if not profile_is_wired(config, profile, ctx.paths, ctx.environ):
+        return Check(WARN, f"OCI config: [{profile}] in {path} does not point at woci's "
+                           f"session; run: woci --profile {profile} session refresh")
+    region = config.get(profile, "region", fallback="")
+    if not region:
+        return Check(WARN, f"OCI config: [{profile}] in {path} has no region, which oci and "
+                           "Terraform need; set region in the manager INI")
+    return Check(OK, f"OCI config: [{profile}] in {path} uses the session, region {region}")
+
+
+def check_session_token(ctx: DoctorContext) -> Check:
+    state = read_session_token(ctx.paths)
+    now = ctx.now()
+    renew = ("the next woci run renews it without a browser"
+             if stored_refresh_token(ctx.paths).storage else
+             f"sign in: woci --profile {ctx.profile} session authenticate")
+    if state.problem:
+        return Check(WARN, f"session token: {state.problem}; {renew}")
+    if state.expires_at is None:
+        return Check(WARN, f"session token: none yet; {renew}")
+    when = iso_utc(state.expires_at) or format_timestamp(state.expires_at)
+    if state.expires_at <= now:
+        return Check(WARN, f"session token: expired at {when}; {renew}")
+    return Check(OK, f"session token: valid until {when} "
+                     f"({format_duration(state.expires_at - now)} left)")
+
+
+def check_refresh_token(ctx: DoctorContext) -> Check:
+    """Looked at, never used: a refresh grant here would spend it."""
+    stored = stored_refresh_token(ctx.paths)
+    settings, profile = ctx.settings, ctx.profile
+    wanted = settings.refresh_token_storage if settings else "file"
+    moves = f"the next renewal moves it (or now: woci --profile {profile} session refresh)"
+    if stored.storage is None:
+        return Check(WARN, "refresh token: none stored, so the next renewal needs the browser "
+                           "(sign in; the provider must grant offline_access)")
+    if stored.storage == "keyring":
+        backend, why = open_keyring()
+        if backend is None:
+            return Check(FAIL, f"refresh token: in the OS keyring but {why}; install "
+                               "woci[keyring] and a backend, or sign in again")
+        item = KeyringItem.read_marker(ctx.paths.keyring_marker) or \
+            KeyringItem.for_profile(ctx.oci_config_file, profile)
+        if not keyring_call("read", lambda: backend.get_password(item.service, item.username)):
+            return Check(FAIL, f"refresh token: the OS keyring has no item {item.username!r}; "
+                               f"sign in again: woci --profile {profile} session authenticate")
+        if wanted != "keyring":
+            return Check(WARN, f"refresh token: in the OS keyring, but refresh_token_storage "
+                               f"= {wanted}; {moves}")
+        return Check(OK, f"refresh token: in the OS keyring ({why})")
+    if stored.expires_at is not None and stored.expires_at <= ctx.now():
+        return Check(FAIL, f"refresh token: expired at {iso_utc(stored.expires_at)}; sign in "
+                           f"again: woci --profile {profile} session authenticate")
+    if stored.storage == "encrypted-file":
+        if settings is None or not settings.encryption_wanted:
+            return Check(FAIL, "refresh token: encrypted, but no passphrase is configured; set "
+                               "refresh_token_passphrase_env or refresh_token_passphrase_prompt "
+                               f"(or start over: woci --profile {profile} --logout)")
+        var = settings.refresh_token_passphrase_env
+        if var and not settings.refresh_token_passphrase_prompt:
+            try:
+                RefreshTokenStore(ctx.paths.refresh_token,
+                                  PassphraseSource(settings, ctx.environ)).load()
+            except RefreshTokenError as exc:
+                return Check(FAIL, f"refresh token: {exc}")
+            detail = f"opens with the passphrase in {var}"
+        else:
+            detail = "the passphrase is asked on the terminal"
+    else:
+        try:   # a plain file: its store never asks for the passphrase
+            RefreshTokenStore(ctx.paths.refresh_token, NoPassphrase()).load()
+        except RefreshTokenError as exc:
+            return Check(FAIL, f"refresh token: {exc}")
+        detail = "plain text, readable only by you"
+    if wanted == "keyring":
+        return Check(WARN, f"refresh token: in {ctx.paths.refresh_token}, but "
+                           f"refresh_token_storage = keyring; {moves}")
+    expiry = f", expires {iso_utc(stored.expires_at)}" if stored.expires_at else ""
+    return Check(OK, f"refresh token: {stored.storage} {ctx.paths.refresh_token} "
+                     f"({detail}{expiry})")
+
+
+def check_daemon(ctx: DoctorContext) -> Check:
+    running, pid, problem = daemon_holder(ctx.paths)
+    if problem:
+        return Check(FAIL, f"daemon: {problem}")
+    if not running:
+        return Check(OK, "daemon: not running")
+    state = DaemonState.read(ctx.paths.daemon_state)
+    if state is not None and state.last is not None and not state.last.ok:
+        return Check(WARN, f"daemon: running (pid {pid}) but its last renewal failed: "
+                           f"{state.last.message[:300]}; see {ctx.paths.daemon_log}")
+    return Check(OK, f"daemon: running (pid {pid})")
+
+
+# In this order: the clock is compared with the answers of the endpoint checks before it.
+DOCTOR_CHECKS = (check_manager_config, check_settings, check_discovery, check_token_endpoint,
+                 check_exchange_endpoint, check_revocation_endpoint, check_clock, check_oci,
+                 check_session_folder, check_session_files, check_manager_ini_mode,
+                 check_oci_profile, check_session_token, check_refresh_token, check_daemon)
+
+
+def run_doctor_checks(ctx: DoctorContext) -> list[Check]:
+    """Every check; one that breaks is one FAIL line, and the others still run."""
+    results: list[Check] = []
+    for check in DOCTOR_CHECKS:
+        try:
+            outcome = check(ctx)
+        except (WociError, OSError, ValueError) as exc:
+            name = check.__name__.replace("check_", "").replace("_", " ")
+            outcome = Check(FAIL, f"{name}: {one_line(exc)}")
+        results.extend(outcome if isinstance(outcome, list) else [outcome])
+    return results
+
+
+def doctor_report(checks: list[Check]) -> str:
+    return "".join(f"{check.level:<4} {check.message}\n" for check in checks)
+
+
+# --------------------------------------------------------------------------------------------
+# 11. Running oci (or --exec's command)
 # --------------------------------------------------------------------------------------------
 
 
@@ -2859,7 +3925,7 @@ def run_child(argv: list[str], env: Mapping[str, str], refresher: AutoRefreshThr
 
 
 # --------------------------------------------------------------------------------------------
-# 11. Command line interface
+# 12. Command line interface
 # --------------------------------------------------------------------------------------------
 
 EXAMPLES = """\
@@ -2868,6 +3934,9 @@ examples:
   woci --profile dev session authenticate sign in again in the browser now
   woci --profile dev                      make sure the session is valid, run nothing
   woci --auto-refresh --exec -- ./job.sh  keep the session fresh while a long job runs
+  woci --profile dev --status --json      the session at a glance (for a shell prompt)
+  woci --profile dev --doctor             find out why it does not work
+  woci --profile dev --logout             end the session here and at the provider
 
 Everything after woci's own options goes to oci unchanged; see `oci --help`.
 """
@@ -2895,11 +3964,12 @@ def help_text() -> str:
     return parser.format_help()
 
 
-def load_settings(cmd: CommandLine, environ: Mapping[str, str]) -> Settings:
+def load_settings(cmd: CommandLine, environ: Mapping[str, str],
+                  required: tuple[str, ...] = REQUIRED_KEYS) -> Settings:
     oci_config = resolve_oci_config_file(cmd, environ)
     candidates, explicit = manager_config_candidates(cmd, environ, oci_config)
     path, ini = load_manager_ini(candidates, explicit)
-    settings = build_settings(cmd, environ, ini, path)
+    settings = build_settings(cmd, environ, ini, path, required)
     configure_logging(settings.log_level)
     warn_if_secrets_exposed(path, ini)
     for flag in cmd.secret_flags:
@@ -3004,7 +4074,37 @@ def run_daemon_control(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
+def run_status_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    """--status needs only the profile: no settings, no network, no lock (SPEC 12)."""
+    profile = resolve_profile(cmd, environ)
+    now = time.time()
+    report = session_status(SessionPaths.for_profile(profile, environ), profile, now)
+    if cmd.woci.get("json"):
+        sys.stdout.write(json.dumps(report.document) + "\n")
+    else:
+        sys.stdout.write(status_text(report, now))
+    return EXIT_OK if status_usable(report) else EXIT_FAILURE
+
+
+def run_logout_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    """--logout uses only the settings it needs: without them it cannot revoke, and says so."""
+    try:
+        settings = load_settings(cmd, environ, required=())
+    except ConfigError as exc:
+        log().warning("%s; going on without the manager config", exc)
+        settings = build_settings(cmd, environ, None, None, required=())
+    sys.stdout.write(logout(settings, environ))
+    return EXIT_OK
+
+
+def run_doctor_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    checks = run_doctor_checks(DoctorContext.gather(cmd, environ))
+    sys.stdout.write(doctor_report(checks))
+    return EXIT_FAILURE if any(check.level == FAIL for check in checks) else EXIT_OK
+
+
 def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
+    check_option_combinations(cmd)
     if cmd.mode is Mode.HELP:
         sys.stdout.write(help_text())
         return EXIT_OK
@@ -3013,6 +4113,12 @@ def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
         return EXIT_OK
     if cmd.mode in (Mode.DAEMON_STATUS, Mode.STOP_DAEMON):
         return run_daemon_control(cmd, environ)
+    if cmd.mode is Mode.STATUS:
+        return run_status_mode(cmd, environ)
+    if cmd.mode is Mode.DOCTOR:
+        return run_doctor_mode(cmd, environ)
+    if cmd.mode is Mode.LOGOUT:
+        return run_logout_mode(cmd, environ)
     settings = load_settings(cmd, environ)
     if cmd.mode is Mode.EXEC:
         return run_exec_mode(cmd, settings, environ)

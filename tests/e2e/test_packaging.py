@@ -45,3 +45,21 @@ def test_unconfigured_run_names_every_missing_setting(fresh_venv, tmp_path):
     assert len(lines) == 1
     for key in ("authz_base_url", "token_url", "auth_client_id", "client_id", "client_secret"):
         assert key in lines[0]
+
+
+def test_keyring_storage_without_the_keyring_extra_warns_once_and_uses_the_file(fresh_venv,
+                                                                                user):
+    """Installed without woci[keyring], refresh_token_storage = keyring: one warning naming
+    the extra, the sign-in works, and the refresh token is in the file."""
+    user.write_manager_ini(refresh_token_storage="keyring")
+    result = subprocess.run([str(fresh_venv / "bin" / "woci"), "--profile", user.profile],
+                            env=user.env(), stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=90, cwd=user.home)
+
+    assert result.returncode == 0, result.stderr
+    keyring_lines = [line for line in result.stderr.splitlines() if "keyring" in line]
+    assert len(keyring_lines) == 1, result.stderr
+    assert "the keyring package is not installed (pip install 'woci[keyring]')" in \
+        keyring_lines[0]
+    assert (user.session_dir / "refresh_token").exists()
+    assert not (user.session_dir / "refresh_token.keyring").exists()

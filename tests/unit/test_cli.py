@@ -1,6 +1,7 @@
 """Section 10: main() as users and kubectl see it: exit codes, stdout kept for oci, one-line
 errors, and the fast path run as a real process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -206,3 +207,58 @@ def test_no_arguments_checks_the_session_and_runs_nothing(tmp_path):
     result = run_woci([], {"HOME": str(home), "PATH": fake_oci_path(tmp_path),
                            "OCI_CLI_PROFILE": "p"}, tmp_path)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+# --- the session tools as main() runs them ---------------------------------------------------------
+
+
+def test_status_needs_no_manager_config_and_loads_no_heavy_library(tmp_path):
+    """--status --json with no INI at all (keyring storage marker present): the JSON on
+    stdout, exit 0, and neither requests, cryptography, jwt nor keyring imported."""
+    home = tmp_path / "home"
+    session = home / ".oci" / "sessions" / "p"
+    session.mkdir(parents=True)
+    (session / "token").write_text(unsigned_jwt({"exp": int(time.time()) + 600, "sub": "me"}))
+    (session / "refresh_token.keyring").write_text('{"service": "woci", "username": "x"}')
+    code = ("import json, sys, oci_upst_session_manager as w; rc = w.main(['--profile', 'p', "
+            "'--status', '--json']); print(sorted(m for m in sys.modules if m.split('.')[0] "
+            "in ('requests', 'cryptography', 'jwt', 'keyring')), file=sys.stderr); "
+            "sys.exit(rc)")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(MODULE.parent), "HOME": str(home)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "[]\n"
+    document = json.loads(out.stdout)
+    assert document["session"]["subject"] == "me"
+    assert document["refresh_token"] == {"stored": True, "storage": "keyring",
+                                         "expires_at": None}
+
+
+def test_json_alone_is_a_usage_error(tmp_path, capsys):
+    assert woci.main(["--json"], {"HOME": str(tmp_path)}) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--json works only with --status" in one_line_error(err)
+
+
+def test_help_lists_the_session_tools_in_their_group(tmp_path, capsys):
+    assert woci.main(["--help"], {"HOME": str(tmp_path)}) == 0
+    out = capsys.readouterr().out
+    group = out.split("Session tools:")[1].split("examples:")[0]
+    for flag in ("--status", "--json", "--logout", "--doctor"):
+        assert flag in group
+    assert "woci --profile dev --doctor" in out
+
+
+def test_logout_with_nothing_stored_needs_no_settings(tmp_path, capsys):
+    assert woci.main(["--profile", "p", "--logout"], {"HOME": str(tmp_path)}) == 0
+    assert capsys.readouterr() == ("nothing to do: no session is stored for profile p\n", "")
+
+
+def test_doctor_without_configuration_fails_naming_every_required_key(tmp_path, capsys):
+    code = woci.main(["--profile", "p", "--doctor"], {"HOME": str(tmp_path), "PATH": "/none"})
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in out + err
+    fails = [line for line in out.splitlines() if line.startswith("FAIL")]
+    for key in woci.REQUIRED_KEYS:
+        assert any(line.startswith(f"FAIL {key}: not set") for line in fails), key

@@ -163,3 +163,27 @@ def test_retry_after_as_http_date():
 def test_format_duration(seconds, text):
     """Seconds below 2 min, minutes below 2 h, then hours and minutes."""
     assert woci.format_duration(seconds) == text
+
+
+# --- for the session tools -----------------------------------------------------------------------
+
+
+def test_iso_utc_is_total():
+    """ISO-8601 UTC for an epoch; None for what is no date (a huge exp, a string, a bool)."""
+    assert woci.iso_utc(0) == "1970-01-01T00:00:00Z"
+    assert woci.iso_utc(1767225600.9) == "2026-01-01T00:00:00Z"
+    for nonsense in (10 ** 19, -10 ** 19, float("nan"), "1", None, True):
+        assert woci.iso_utc(nonsense) is None
+
+
+def test_jwt_expiry_or_none():
+    """A JWT's integer exp; None for an opaque token or a JWT without one."""
+    assert woci.jwt_expiry_or_none(unsigned_jwt({"exp": 5})) == 5
+    assert woci.jwt_expiry_or_none(unsigned_jwt({"exp": "5"})) is None
+    assert woci.jwt_expiry_or_none("opaque-refresh-token") is None
+
+
+def test_mask_secret_shows_at_most_two_characters_and_the_length():
+    assert woci.mask_secret("oci-secret-for-tests") == "oc*** (20 characters)"
+    assert woci.mask_secret("short") == "*** (5 characters)"
+    assert "secret" not in woci.mask_secret("oci-secret-for-tests")

@@ -466,3 +466,54 @@ def test_browser_sign_in_times_out_and_frees_the_port():
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))
 
+
+
+# --- revocation and the doctor's probe -------------------------------------------------------------
+
+
+def test_revocation_sends_rfc_7009_fields_and_accepts_an_empty_answer():
+    """token, token_type_hint=refresh_token, client_id; Basic with a secret; 200 with an
+    empty body is success."""
+    with LocalServer([Answer(200, b"")]) as server:
+        settings = make_settings(auth_client_secret="idp-secret")
+        woci.revoke_refresh_token(settings, server.url + "/revoke", "rt-gone")
+    (request,) = server.requests
+    assert request.path == "/revoke"
+    assert request.form == {"token": "rt-gone", "token_type_hint": "refresh_token",
+                            "client_id": "idp-client"}
+    assert request.basic == ("idp-client", "idp-secret")
+
+
+def test_revocation_refused_is_an_oauth_error():
+    with LocalServer([json_answer(400, {"error": "unsupported_token_type"})]) as server:
+        with pytest.raises(woci.OAuthError, match="unsupported_token_type"):
+            woci.revoke_refresh_token(make_settings(), server.url + "/revoke", "rt")
+
+
+def test_revocation_endpoint_is_the_ini_setting():
+    assert woci.revocation_endpoint(make_settings()) is None
+    assert woci.revocation_endpoint(make_settings(revocation_url="http://x/r")) == "http://x/r"
+
+
+def test_probe_sends_no_credentials_and_reads_the_oauth_error_and_date():
+    """An empty form, no Authorization header, one request; the error and clock skew read."""
+    with LocalServer([json_answer(400, {"error": "invalid_request"})], date_offset=-600) as srv:
+        probe = woci.probe_endpoint(srv.url + "/token")
+    (request,) = srv.requests
+    assert request.method == "POST" and request.body == b""
+    assert "authorization" not in request.headers
+    assert (probe.status, probe.oauth_error, probe.problem) == (400, "invalid_request", None)
+    assert 590 < probe.skew < 610
+
+
+def test_probe_of_a_closed_port_says_connection_refused_at_once():
+    started = time.monotonic()
+    probe = woci.probe_endpoint(f"http://127.0.0.1:{free_port()}/token")
+    assert probe.status is None and probe.problem == "connection refused"
+    assert time.monotonic() - started < 5
+
+
+def test_probe_of_an_html_page_has_no_oauth_error():
+    with LocalServer([Answer(404, "<html></html>", {"Content-Type": "text/html"})]) as srv:
+        probe = woci.probe_endpoint(srv.url + "/nowhere")
+    assert (probe.status, probe.content_type, probe.oauth_error) == (404, "text/html", None)

@@ -127,7 +127,8 @@ def test_bad_command_lines_are_usage_errors(argv, fragment):
 @pytest.mark.parametrize("argv, mode", [
     (["--help"], "help"), (["-h"], "help"), (["--version"], "version"),
     (["--daemon"], "daemon"), (["--daemon-status"], "daemon_status"),
-    (["--stop-daemon"], "stop_daemon")])
+    (["--stop-daemon"], "stop_daemon"), (["--status"], "status"), (["--logout"], "logout"),
+    (["--doctor"], "doctor")])
 def test_mode_flags(argv, mode):
     """Each mode flag selects its mode."""
     assert split(argv).mode is woci.Mode[mode.upper()]
@@ -387,3 +388,75 @@ def test_non_ascii_digits_are_not_a_port():
     """`--redirect-port ²` is one clear configuration error, not a traceback."""
     with pytest.raises(woci.ConfigError, match="port number"):
         woci._convert("redirect_port", "port", "²", "--redirect-port")
+
+
+# --- the session tools' options and settings -----------------------------------------------------
+
+
+def test_status_json_is_a_flag_of_the_status_mode():
+    """--status --json in either order; --json elsewhere is refused by the combination check."""
+    for argv in (["--status", "--json"], ["--json", "--status"]):
+        cmd = split(argv)
+        assert cmd.mode is woci.Mode.STATUS and cmd.woci == {"json": True}
+        woci.check_option_combinations(cmd)
+    for argv in (["--json"], ["--json", "--doctor"], ["--json", "os", "ns", "get"]):
+        with pytest.raises(woci.ConfigError, match="--json works only with --status") as info:
+            woci.check_option_combinations(split(argv))
+        assert info.value.exit_code == 2
+
+
+def test_status_and_json_after_the_oci_command_belong_to_oci():
+    """`compute instance list --status RUNNING --json`: oci's, not woci's."""
+    cmd = split(["compute", "instance", "list", "--status", "RUNNING", "--json"])
+    assert cmd.mode is woci.Mode.RUN and cmd.woci == {}
+    assert cmd.oci_args == ["compute", "instance", "list", "--status", "RUNNING", "--json"]
+
+
+def test_session_tools_are_one_help_group():
+    """--status, --json, --logout, --doctor and --no-cache stand together under "Session tools"."""
+    tools = [spec.flag for spec in woci.OPTIONS if spec.group == "Session tools"]
+    assert tools == ["--status", "--json", "--logout", "--doctor", "--no-cache"]
+    assert "json" not in woci.INI_KINDS
+
+
+def test_refresh_token_storage_and_revocation_url_from_the_ini():
+    """refresh_token_storage is file (default) or keyring, any case; revocation_url an URL."""
+    assert settings_from([]).refresh_token_storage == "file"
+    assert settings_from([]).revocation_url is None
+    s = settings_from([], REQUIRED_INI + "refresh_token_storage = KeyRing\n"
+                      "revocation_url = https://idp.example/revoke\n")
+    assert s.refresh_token_storage == "keyring"
+    assert s.revocation_url == "https://idp.example/revoke"
+    with pytest.raises(woci.ConfigError, match="must be one of file, keyring, not 'vault'"):
+        settings_from([], REQUIRED_INI + "refresh_token_storage = vault\n")
+    with pytest.raises(woci.ConfigError, match="must be an http"):
+        settings_from([], REQUIRED_INI + "revocation_url = idp.example/revoke\n")
+
+
+def test_settings_without_required_keys_for_the_session_tools():
+    """required=(): no error for what is missing, empty strings instead."""
+    s = woci.build_settings(split(["--profile", "p"]), {"HOME": "/h"}, None, None, required=())
+    assert (s.token_url, s.client_id, s.token_exchange_url) == ("", "", "")
+    assert s.profile == "p"
+
+
+def test_describe_settings_names_the_source_of_each_value():
+    """flag > env > [profile] > [COMMON] > default, as build_settings decides."""
+    ini = REQUIRED_INI + "scope = common\nlogin_timeout = 10\n\n[p]\nscope = mine\n" \
+                         "redirect_port = \nrefresh_token_storage = bad\n"
+    parsed = woci.parse_manager_ini(ini, "/cfg/w.ini")
+    described = {item.key: item for item in woci.describe_settings(
+        split(["--profile", "p", "--client-id", "flagged"]),
+        {"HOME": "/h", "WOCI_CLIENT_SECRET": "from-env", "CI": "true"}, parsed,
+        Path("/cfg/w.ini"))}
+    assert described["scope"] == ("scope", "mine", "/cfg/w.ini [p]", None)
+    assert described["login_timeout"].source == "/cfg/w.ini [COMMON]"
+    assert described["client_id"] == ("client_id", "flagged", "--client-id", None)
+    assert described["client_secret"] == ("client_secret", "from-env", "env WOCI_CLIENT_SECRET",
+                                          None)
+    assert described["interactive"][1:3] == ("false", "env CI")
+    assert described["redirect_port"][1:3] == ("8181", "default")   # blank in [p]: ignored
+    assert described["token_exchange_url"].source == "default: the token URL"
+    assert described["prompt"] == ("prompt", None, "not set", None)
+    assert "must be one of file, keyring" in described["refresh_token_storage"].problem
+    assert list(described) == list(woci.INI_KINDS)

@@ -637,3 +637,181 @@ def test_upsert_finds_a_section_header_followed_by_a_comment():
     out = woci.upsert_profile(text, "dev", {"region": "r"})
 
     assert out == "[dev]   # my dev\nuser=u\nregion=r\n"
+
+
+# --- removing the session's keys from a profile (--logout) ----------------------------------------
+
+
+def test_remove_profile_keys_takes_only_the_session_keys_of_that_profile():
+    """key_file, security_token_file, fingerprint (and a continuation line) leave [p]; the
+    other profile's keys of the same name, comments, tenancy and region stay byte for byte."""
+    text = ("# mine\n[other]\nkey_file=/k.pem\n\n[p]\n; note\nkey_file = /s/key.pem\n"
+            "security_token_file: /s/token\nfingerprint=aa\n  :bb\ntenancy=t\nregion=r\n"
+            "[after]\nfingerprint=cc\n")
+    new, removed = woci.remove_profile_keys(text, "p", woci.SESSION_PROFILE_KEYS)
+    assert new == ("# mine\n[other]\nkey_file=/k.pem\n\n[p]\n; note\ntenancy=t\nregion=r\n"
+                   "[after]\nfingerprint=cc\n")
+    assert removed == ["security_token_file", "key_file", "fingerprint"]
+    assert woci.remove_profile_keys(new, "p", woci.SESSION_PROFILE_KEYS) == (new, [])
+    assert woci.remove_profile_keys(text, "absent", woci.SESSION_PROFILE_KEYS) == (text, [])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config_texts())
+def test_remove_profile_keys_undoes_upsert_elsewhere_byte_for_byte(config):
+    """For random configs: every other section unchanged, [p] loses just those keys."""
+    order, chunks, expected = config
+    old = "".join(chunks[name] for name in order)
+    new, _ = woci.remove_profile_keys(old, "p", woci.SESSION_PROFILE_KEYS)
+    parsed = parse(new)
+    for name in order:
+        if name != "p":
+            assert chunks[name] in new
+            assert dict(parsed[name]) == expected[name]
+    if "p" in expected:
+        assert dict(parsed["p"]) == {k: v for k, v in expected["p"].items()
+                                     if k not in woci.SESSION_PROFILE_KEYS}
+
+
+def test_forget_session_leaves_a_profile_that_is_not_woci(tmp_path):
+    """A profile whose key_file is the user's own API key is not touched."""
+    paths = woci.SessionPaths(tmp_path / ".oci" / "sessions" / "p")
+    config = tmp_path / ".oci" / "config"
+    config.parent.mkdir()
+    config.write_text("[p]\nkey_file=/home/me/api.pem\nfingerprint=aa\n")
+    assert woci.forget_session_in_profile(config, "p", paths, {"HOME": str(tmp_path)}) == []
+    assert config.read_text() == "[p]\nkey_file=/home/me/api.pem\nfingerprint=aa\n"
+    assert not paths.root.exists()   # no lock folder made for nothing
+
+    config.write_text(f"[p]\nkey_file={paths.key}\nsecurity_token_file={paths.token}\n"
+                      "fingerprint=aa\nregion=r\n")
+    removed = woci.forget_session_in_profile(config, "p", paths, {"HOME": str(tmp_path)})
+    assert removed == ["security_token_file", "key_file", "fingerprint"]
+    assert config.read_text() == "[p]\nregion=r\n"
+
+
+# --- keyring storage, against keyrings.alt's real file backend -------------------------------------
+
+
+@pytest.fixture
+def file_keyring(tmp_path):
+    """A real keyring backend (keyrings.alt, plain file) whose file lies in tmp_path."""
+    from keyrings.alt.file import PlaintextKeyring
+
+    backend = PlaintextKeyring()
+    backend.file_path = str(tmp_path / "keyring.cfg")
+    return backend
+
+
+def keyring_stores(tmp_path, backend, environ=None, **overrides):
+    paths = woci.SessionPaths(tmp_path / "sessions" / "p")
+    paths.folder.mkdir(parents=True)
+    item = woci.KeyringItem.for_profile(tmp_path / "config", "p")
+    opener = (lambda: (backend, "PlaintextKeyring")) if backend else \
+        (lambda: (None, "no usable keyring backend (keyring.backends.fail.Keyring)"))
+    file_store = woci.RefreshTokenStore(paths.refresh_token, source(environ, **overrides),
+                                        paths.keyring_marker, item, opener)
+    return paths, file_store, woci.KeyringRefreshTokenStore(item, file_store,
+                                                            paths.keyring_marker, opener)
+
+
+def test_keyring_item_is_one_per_config_file_and_profile(tmp_path):
+    a = woci.KeyringItem.for_profile(tmp_path / "config", "p")
+    assert a.service == "woci"
+    assert a.username == f"{os.path.realpath(tmp_path / 'config')} [p]"
+    assert a != woci.KeyringItem.for_profile(tmp_path / "config", "q")
+    assert a != woci.KeyringItem.for_profile(tmp_path / "other", "p")
+
+
+def test_keyring_round_trip_leaves_only_a_marker_on_disk(tmp_path, file_keyring):
+    """The token goes to the keyring; the session folder holds only the item's name."""
+    paths, _, store = keyring_stores(tmp_path, file_keyring)
+    assert store.load() is None and not store.stored()
+    store.save("rt-in-keyring")
+    assert file_keyring.get_password(store.item.service, store.item.username) == "rt-in-keyring"
+    assert not paths.refresh_token.exists()
+    assert "rt-in-keyring" not in paths.keyring_marker.read_text()
+    assert mode_of(paths.keyring_marker) == 0o600
+    assert store.stored() and store.load() == "rt-in-keyring"
+    assert not store.holds_encrypted() and not store.passphrase.configured
+    assert woci.stored_refresh_token(paths) == ("keyring", None)
+
+
+def test_file_to_keyring_and_back_keeps_the_token(tmp_path, file_keyring):
+    """settle() moves the token each way; it is never in both places afterwards."""
+    paths, file_store, store = keyring_stores(tmp_path, file_keyring)
+    file_store.save("rt-moving")
+    store.settle()
+    assert not paths.refresh_token.exists() and store.load() == "rt-moving"
+    file_store.settle()
+    assert paths.refresh_token.read_text() == "rt-moving"
+    assert not paths.keyring_marker.exists()
+    assert file_keyring.get_password(store.item.service, store.item.username) is None
+
+
+def test_a_file_written_while_the_keyring_was_away_wins(tmp_path, file_keyring):
+    """Both hold a token: the file is the newer (every keyring save removes it)."""
+    paths, file_store, store = keyring_stores(tmp_path, file_keyring)
+    store.save("rt-old")
+    file_store.save("rt-new")
+    assert store.load() == "rt-new"
+    file_store.settle()
+    assert paths.refresh_token.read_text() == "rt-new" and not paths.keyring_marker.exists()
+
+
+def test_moving_an_encrypted_file_into_the_keyring_needs_its_passphrase(tmp_path, file_keyring):
+    """An encrypted file is opened with the configured passphrase, then stored in the keyring."""
+    environ = {"PW": "correct horse"}
+    paths, file_store, store = keyring_stores(tmp_path, file_keyring, environ,
+                                              refresh_token_passphrase_env="PW")
+    file_store.save("rt-encrypted")
+    assert store.passphrase.configured is False   # the keyring has no passphrase
+    store.settle()
+    assert store.load() == "rt-encrypted" and not paths.refresh_token.exists()
+
+
+def test_no_usable_keyring_is_one_warning_and_the_file(tmp_path, caplog):
+    """No backend: one warning however often the store is used, and the file does the work."""
+    paths, _, store = keyring_stores(tmp_path, None)
+    store.settle()
+    store.save("rt-in-file")
+    assert store.load() == "rt-in-file"
+    assert paths.refresh_token.read_text() == "rt-in-file"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "keeping the refresh token in" in warnings[0]
+    assert store.path == paths.refresh_token
+
+
+def test_a_keyring_that_fails_to_write_keeps_the_token_in_the_file(tmp_path, file_keyring,
+                                                                   caplog):
+    """A rotated token must survive a keyring that refuses it."""
+    paths, _, store = keyring_stores(tmp_path, file_keyring)
+    (tmp_path / "a-file").write_text("")
+    file_keyring.file_path = str(tmp_path / "a-file" / "keyring.cfg")   # cannot be written
+    store.save("rt-rotated")
+    assert paths.refresh_token.read_text() == "rt-rotated"
+    assert any("keeping the refresh token in" in r.getMessage() for r in caplog.records)
+
+
+def test_open_keyring_refuses_the_fail_and_null_backends(monkeypatch):
+    """keyring's placeholders are no keyring: the null one would drop the token silently."""
+    import keyring
+    from keyring.backends import fail, null
+
+    for placeholder in (fail.Keyring(), null.Keyring()):
+        monkeypatch.setattr(keyring, "get_keyring", lambda p=placeholder: p)
+        backend, why = woci.open_keyring()
+        assert backend is None and why.startswith("no usable keyring backend")
+
+
+def test_stored_refresh_token_reads_only_files(tmp_path):
+    """file / encrypted-file / keyring / none, and a JWT refresh token's exp."""
+    paths = woci.SessionPaths(tmp_path / "p")
+    paths.folder.mkdir()
+    assert woci.stored_refresh_token(paths) == (None, None)
+    paths.refresh_token.write_text("opaque")
+    assert woci.stored_refresh_token(paths) == ("file", None)
+    paths.refresh_token.write_text(unsigned_jwt({"exp": 1234}))
+    assert woci.stored_refresh_token(paths) == ("file", 1234)
+    paths.refresh_token.write_bytes(woci.encrypt_refresh_token("t", "pw", 200_000))
+    assert woci.stored_refresh_token(paths) == ("encrypted-file", None)

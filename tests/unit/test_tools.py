@@ -1,0 +1,259 @@
+"""Section 9: the session tools. --status's document and text, --logout's steps, and the
+--doctor checks, on real files in a temporary HOME and against local HTTP servers."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import oci_upst_session_manager as woci
+from tests.unit.fakes import Answer, LocalServer, free_port, make_settings, unsigned_jwt
+
+NOW = 1_800_000_000
+
+
+def session_folder(tmp_path, token_claims=None, refresh=None):
+    paths = woci.SessionPaths.for_profile("p", {"HOME": str(tmp_path)})
+    paths.folder.mkdir(parents=True, mode=0o700)
+    if token_claims is not None:
+        paths.token.write_text(unsigned_jwt(token_claims))
+    if refresh is not None:
+        paths.refresh_token.write_text(refresh)
+    for path in paths.folder.iterdir():
+        path.chmod(0o600)
+    return paths
+
+
+# --- --status --------------------------------------------------------------------------------------
+
+
+def test_status_of_nothing_is_every_field_empty(tmp_path):
+    report = woci.session_status(woci.SessionPaths(tmp_path / "absent"), "p", NOW)
+    assert report.document == {
+        "profile": "p",
+        "session": {"valid": False, "exp": None, "expires_at": None, "seconds_left": None,
+                    "subject": None, "tenancy": None},
+        "refresh_token": {"stored": False, "storage": None, "expires_at": None},
+        "daemon": {"running": False, "pid": None}}
+    assert not woci.status_usable(report)
+    assert woci.status_text(report, NOW) == ("profile: p\nsession: none\nrefresh token: none\n"
+                                             "daemon: not running\n")
+
+
+def test_status_of_a_valid_session(tmp_path):
+    paths = session_folder(tmp_path, {"exp": NOW + 3000, "sub": "alice", "tenant": "ocid1.t"},
+                           refresh=unsigned_jwt({"exp": NOW + 86400}))
+    report = woci.session_status(paths, "p", NOW + 0.5)
+    assert report.document["session"] == {
+        "valid": True, "exp": NOW + 3000, "expires_at": "2027-01-15T08:50:00Z",
+        "seconds_left": 2999, "subject": "alice", "tenancy": "ocid1.t"}
+    assert report.document["refresh_token"] == {"stored": True, "storage": "file",
+                                                "expires_at": "2027-01-16T08:00:00Z"}
+    assert woci.status_usable(report)
+    assert woci.status_text(report, NOW) == (
+        "profile: p\nsession: valid until 2027-01-15T08:50:00Z (49 min left)\n"
+        "subject: alice\ntenancy: ocid1.t\n"
+        "refresh token: file, expires 2027-01-16T08:00:00Z\ndaemon: not running\n")
+
+
+def test_status_of_an_expired_session_is_usable_only_with_a_refresh_token(tmp_path):
+    paths = session_folder(tmp_path, {"exp": NOW - 600})
+    report = woci.session_status(paths, "p", NOW)
+    assert report.document["session"]["valid"] is False
+    assert report.document["session"]["seconds_left"] == -600
+    assert not woci.status_usable(report)
+    assert "session: expired at 2027-01-15T07:50:00Z (10 min ago)" in \
+        woci.status_text(report, NOW)
+    paths.refresh_token.write_bytes(woci.encrypt_refresh_token("rt", "pw", 200_000))
+    report = woci.session_status(paths, "p", NOW)
+    assert woci.status_usable(report)
+    assert report.document["refresh_token"]["storage"] == "encrypted-file"
+
+
+@pytest.mark.parametrize("claims, expires_at", [
+    ({"exp": 10 ** 19}, None), ({"exp": "soon"}, None), ({"exp": NOW + 60, "sub": 7}, "x")])
+def test_status_never_breaks_on_odd_tokens(tmp_path, claims, expires_at):
+    """An exp no date can hold, an exp that is no number, a subject that is no string."""
+    paths = session_folder(tmp_path, claims)
+    report = woci.session_status(paths, "p", NOW)
+    json.dumps(report.document)
+    woci.status_text(report, NOW)
+    assert (report.document["session"]["expires_at"] is None) == (expires_at is None)
+    assert report.document["session"]["subject"] is None
+
+
+def test_status_reports_an_unusable_token_file(tmp_path):
+    paths = session_folder(tmp_path)
+    paths.token.write_text("not a jwt\n")
+    report = woci.session_status(paths, "p", NOW)
+    assert report.document["session"]["exp"] is None
+    assert "session: unusable (" in woci.status_text(report, NOW)
+
+
+def test_status_sees_a_running_daemon_by_its_lock(tmp_path):
+    paths = session_folder(tmp_path)
+    pid_file = woci.PidFile(paths.pid)
+    assert pid_file.acquire()
+    try:
+        report = woci.session_status(paths, "p", NOW)
+    finally:
+        pid_file.release()
+    import os
+
+    assert report.document["daemon"] == {"running": True, "pid": os.getpid()}
+    assert f"daemon: running, pid {os.getpid()}" in woci.status_text(report, NOW)
+
+
+# --- --logout --------------------------------------------------------------------------------------
+
+
+def logout_home(tmp_path):
+    paths = session_folder(tmp_path, {"exp": NOW}, refresh="rt-to-revoke")
+    for path in (paths.key, paths.public_key):
+        path.write_text("pem")
+    (paths.credential_cache).mkdir()
+    (paths.credential_cache / "abc.json").write_text("{}")
+    config = tmp_path / ".oci" / "config"
+    config.write_text(f"[p]\nkey_file={paths.key}\nsecurity_token_file={paths.token}\n"
+                      "fingerprint=aa\ntenancy=t\n")
+    return paths, config
+
+
+def test_logout_revokes_and_deletes_everything_of_the_session(tmp_path):
+    paths, config = logout_home(tmp_path)
+    with LocalServer([Answer(200, b"")]) as server:
+        settings = make_settings(oci_config_file=config, revocation_url=server.url + "/revoke")
+        line = woci.logout(settings, {"HOME": str(tmp_path)})
+    assert server.requests[0].form["token"] == "rt-to-revoke"
+    assert line == ("logged out of profile p: revoked the refresh token at the provider; "
+                    "deleted token, oci_api_key.pem, oci_api_key_public.pem, refresh_token, "
+                    f"exec-credentials/; removed security_token_file, key_file, fingerprint "
+                    f"from [p] in {config}\n")
+    assert sorted(p.name for p in paths.folder.iterdir()) == ["woci.lock"]
+    assert config.read_text() == "[p]\ntenancy=t\n"
+    assert woci.logout(settings, {"HOME": str(tmp_path)}).startswith("nothing to do")
+
+
+def test_logout_offline_warns_and_still_deletes(tmp_path, caplog):
+    paths, config = logout_home(tmp_path)
+    settings = make_settings(oci_config_file=config,
+                             revocation_url=f"http://127.0.0.1:{free_port()}/revoke")
+    started = time.monotonic()
+    line = woci.logout(settings, {"HOME": str(tmp_path)})
+    assert time.monotonic() - started < 30
+    assert "revoked" not in line and "deleted token" in line
+    assert any("was not revoked" in r.getMessage() for r in caplog.records)
+    assert not paths.refresh_token.exists()
+
+
+def test_logout_of_an_encrypted_token_without_its_passphrase_still_deletes(tmp_path, caplog):
+    paths, config = logout_home(tmp_path)
+    paths.refresh_token.write_bytes(woci.encrypt_refresh_token("rt", "pw", 200_000))
+    settings = make_settings(oci_config_file=config, revocation_url="http://127.0.0.1:9/r")
+    line = woci.logout(settings, {"HOME": str(tmp_path)})
+    assert "deleted" in line and not paths.refresh_token.exists()
+    assert any("cannot revoke the refresh token" in r.getMessage() and "encrypted" in
+               r.getMessage() for r in caplog.records)
+
+
+# --- --doctor --------------------------------------------------------------------------------------
+
+
+def context(tmp_path, argv=(), ini=None, environ=None):
+    environ = {"HOME": str(tmp_path), "PATH": "/nonexistent", **(environ or {})}
+    if ini is not None:
+        (tmp_path / ".oci").mkdir(exist_ok=True)
+        (tmp_path / ".oci" / "woci_manager.ini").write_text(ini)
+    return woci.DoctorContext.gather(woci.split_command_line(["--profile", "p", *argv]),
+                                     environ)
+
+
+def test_doctor_masks_secrets_and_names_their_sources(tmp_path):
+    ctx = context(tmp_path, ["--auth-client-secret", "flag-secret-value"],
+                  "[COMMON]\nclient_secret = ini-secret-value-long\n",
+                  {"WOCI_CLIENT_SECRET": "env-secret-value-long"})
+    lines = [check.message for check in woci.check_settings(ctx)]
+    assert "client_secret = en*** (21 characters) (env WOCI_CLIENT_SECRET)" in lines
+    assert "auth_client_secret = fl*** (17 characters) (--auth-client-secret)" in lines
+    assert not any("secret-value" in line for line in lines)
+
+
+def test_doctor_report_starts_every_line_with_its_level():
+    report = woci.doctor_report([woci.Check("ok", "a"), woci.Check("warn", "b"),
+                                 woci.Check("FAIL", "c")])
+    assert report == "ok   a\nwarn b\nFAIL c\n"
+
+
+@pytest.mark.parametrize("probe, level, fragment", [
+    (woci.Probe(None, "", None, None, "connection refused"), "FAIL", "connection refused; check"),
+    (woci.Probe(400, "application/json", "invalid_request", 0.0, None), "ok", "reachable"),
+    (woci.Probe(503, "text/html", None, 0.0, None), "warn", "try again later"),
+    (woci.Probe(404, "text/html", None, 0.0, None), "warn", "is token_url right?"),
+])
+def test_endpoint_check_levels(tmp_path, probe, level, fragment):
+    ctx = context(tmp_path, ["--token-url", "http://idp.test/token"])
+    ctx.probes["http://idp.test/token"] = probe
+    check = woci.check_token_endpoint(ctx)
+    assert check.level == level and fragment in check.message
+    assert "http://idp.test/token" in check.message
+
+
+@pytest.mark.parametrize("skew, level", [(5.0, "ok"), (-90.0, "warn"), (400.0, "FAIL")])
+def test_clock_check_levels(tmp_path, skew, level):
+    ctx = context(tmp_path)
+    ctx.probes["http://idp.test/token"] = woci.Probe(400, "", "x", skew, None)
+    check = woci.check_clock(ctx)
+    assert check.level == level
+    if level != "ok":
+        assert "idp.test" in check.message and "fix the clock" in check.message
+
+
+def test_doctor_fails_on_files_open_to_others_and_says_chmod(tmp_path):
+    paths = session_folder(tmp_path, {"exp": NOW}, refresh="rt")
+    paths.refresh_token.chmod(0o644)
+    check = woci.check_session_files(context(tmp_path))
+    assert check.level == "FAIL" and f"chmod 600 {paths.refresh_token}" in check.message
+    paths.folder.chmod(0o755)
+    check = woci.check_session_folder(context(tmp_path))
+    assert check.level == "FAIL" and f"chmod 700 {paths.folder}" in check.message
+
+
+def test_doctor_without_oci_on_path_fails_saying_how_to_install(tmp_path):
+    check = woci.check_oci(context(tmp_path))
+    assert check == woci.Check("FAIL", "oci: not found on PATH; install the OCI CLI "
+                                       "(pip install oci-cli)")
+
+
+def test_doctor_refresh_token_checks_never_show_the_token(tmp_path):
+    session_folder(tmp_path, refresh=unsigned_jwt({"exp": int(time.time()) - 10}))
+    check = woci.check_refresh_token(context(tmp_path))
+    assert check.level == "FAIL" and "expired" in check.message
+    paths = session_folder(tmp_path / "b", refresh="rt-very-secret")
+    check = woci.check_refresh_token(context(tmp_path / "b"))
+    assert check.level == "ok" and "rt-very-secret" not in check.message
+    paths.refresh_token.write_bytes(woci.encrypt_refresh_token("rt", "pw", 200_000))
+    check = woci.check_refresh_token(context(tmp_path / "b"))
+    assert check.level == "FAIL" and "no passphrase is configured" in check.message
+    check = woci.check_refresh_token(context(
+        tmp_path / "b", ini="[COMMON]\nrefresh_token_passphrase_env = PW\n",
+        environ={"PW": "wrong"}))
+    assert check.level == "FAIL" and "wrong passphrase" in check.message
+
+
+def test_a_check_that_breaks_is_one_fail_line_and_the_rest_run(tmp_path, monkeypatch):
+    def broken(ctx):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(woci, "DOCTOR_CHECKS", (broken, woci.check_discovery))
+    checks = woci.run_doctor_checks(context(tmp_path))
+    assert checks[0] == woci.Check("FAIL", "broken: [Errno 5] Input/output error")
+    assert checks[1].level == "ok"
+
+
+def test_doctor_with_a_broken_explicit_manager_config_still_runs(tmp_path):
+    ctx = context(tmp_path, ["--manager-config", str(tmp_path / "missing.ini")])
+    check = woci.check_manager_config(ctx)
+    assert check.level == "FAIL" and "does not exist" in check.message
+    assert isinstance(ctx.settings, woci.Settings)
+    assert Path(str(tmp_path / "missing.ini")).name in check.message
