@@ -9,18 +9,24 @@ For the OCI CLI profile in use, woci makes sure the session token is valid, then
 1. The UPST is valid for more than 60 more seconds: nothing to do.
 2. A refresh token is stored: refresh grant at the provider, then exchange of the new access
    token for a UPST at OCI's token-exchange endpoint. No browser.
-3. Otherwise (or when the provider refuses the refresh token): Authorization Code + PKCE in the
-   browser, with the callback on http://127.0.0.1:<redirect_port><redirect_path>; then the
-   exchange. When nobody can sign in (--non-interactive, CI, the daemon, the auto-refresh
-   thread), woci says what to run instead and exits 1.
+3. Otherwise (or when the provider refuses the refresh token): a sign-in, then the exchange.
+   login_flow chooses how: `browser` (Authorization Code + PKCE in the browser, with the
+   callback on http://127.0.0.1:<redirect_port><redirect_path>), `device` (RFC 8628: a code
+   to enter at the provider on any device), or `manual` (the URL on stderr, the address the
+   browser ends on pasted back on stdin). When nobody can sign in (--non-interactive, CI, the
+   daemon, the auto-refresh thread), woci says what to run instead and exits 1.
+
+With `issuer` set, the provider's endpoints come from its OpenID discovery document, read only
+when a renewal needs them and cached for a day in the session folder (``discovery.json``).
 
 Files, in ~/.oci/sessions/<profile>/ (mode 0700), every one mode 0600 and written atomically:
 ``token`` (the UPST, no trailing newline), ``oci_api_key.pem`` and ``oci_api_key_public.pem``
 (the RSA session key), ``refresh_token`` (plain, or AES-256-GCM encrypted JSON),
-``woci.lock`` (the per-profile lock), and the daemon's ``woci_refresh.pid``,
-``woci_daemon.state`` and ``woci_daemon.log``; in ~/.oci/sessions/ one
-``.oci-config-<hash>.lock`` per OCI config file. The OCI config profile is updated in place
-(key_file, security_token_file, fingerprint, tenancy, region); nothing else in it changes.
+``woci.lock`` (the per-profile lock), ``discovery.json`` (the provider's endpoints), and the
+daemon's ``woci_refresh.pid``, ``woci_daemon.state`` and ``woci_daemon.log``; in
+~/.oci/sessions/ one ``.oci-config-<hash>.lock`` per OCI config file. The OCI config profile
+is updated in place (key_file, security_token_file, fingerprint, tenancy, region); nothing
+else in it changes.
 
 woci splits its own argv (section 3) instead of handing it to argparse: oci's commands have
 options named like woci's (``--scope``, ``--client-id``, ``--status``), and from the first
@@ -32,7 +38,8 @@ Sections, each reading only from those above it:
  3. Command line and settings: the option table, the argv splitter, Settings.
  4. Storage: session paths, atomic writes, locks, the session and refresh tokens, the OCI
     config file and the profile woci keeps in it.
- 5. HTTP and OpenID Connect: one form POST with retries, the grants, the browser sign-in.
+ 5. HTTP and OpenID Connect: one form POST (and one JSON GET) with retries, discovery, the
+    grants, the sign-in flows (browser, device code, pasted URL).
  6. Token exchange: the session key and the UPST.
  7. The session: ensure_session(), the renewal ladder.
  8. Background refresh: the renewer, the auto-refresh thread, the daemon.
@@ -99,6 +106,8 @@ DEFAULT_REFRESH_SAFETY_WINDOW = 600
 DEFAULT_LOG_LEVEL = "WARNING"
 DEFAULT_PROFILE = "DEFAULT"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOGIN_FLOWS = ("browser", "device", "manual")
+DEFAULT_LOGIN_FLOW = "browser"
 
 # (connect, read) seconds for every HTTP call.
 HTTP_TIMEOUT = (5.0, 30.0)
@@ -146,6 +155,22 @@ UPST_MAX_LIFETIME_SECONDS = 24 * 3600
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 UPST_TOKEN_TYPE = "urn:oci:token-type:oci-upst"
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+# RFC 8628: poll every `interval` seconds (5 when the provider names none), 5 more after each
+# slow_down.
+DEVICE_DEFAULT_INTERVAL_SECONDS = 5
+DEVICE_SLOW_DOWN_SECONDS = 5
+# A longer interval asked for would leave no poll within login_timeout; slow_down still works.
+DEVICE_MAX_INTERVAL_SECONDS = 60
+# A pasted sign-in answer is one line: the address the browser was sent to, or the code.
+PASTED_LINE_MAX_BYTES = 16 * 1024
+
+# OpenID Connect Discovery 1.0: the document's place under the issuer, and how long a copy
+# is used without asking (fresh), or when asking fails (stale).
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+DISCOVERY_FRESH_SECONDS = 24 * 3600
+DISCOVERY_STALE_MAX_SECONDS = 7 * 24 * 3600
 
 SESSIONS_FOLDER = "sessions"
 TOKEN_FILE = "token"
@@ -153,6 +178,7 @@ KEY_FILE = "oci_api_key.pem"
 PUBLIC_KEY_FILE = "oci_api_key_public.pem"
 REFRESH_TOKEN_FILE = "refresh_token"
 LOCK_FILE = "woci.lock"
+DISCOVERY_FILE = "discovery.json"
 # One lock per OCI config file, in the sessions folder: never a stray file beside the config.
 CONFIG_LOCK_PREFIX = ".oci-config-"
 PID_FILE = "woci_refresh.pid"
@@ -200,6 +226,14 @@ class GrantRefused(AuthError):
 
 class SignInNeeded(AuthError):
     """A browser sign-in is needed but nobody can answer it here."""
+
+
+class CallbackPortBusy(AuthError):
+    """The sign-in callback's port is taken by another program."""
+
+
+class DiscoveryError(WociError):
+    """The provider's discovery document could not be read, or is not the issuer's."""
 
 
 class HttpError(WociError):
@@ -304,6 +338,28 @@ def add_query(url: str, params: Mapping[str, str]) -> str:
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def is_http_url(text: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:   # e.g. an unclosed IPv6 bracket
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """A value from a server or a file, for one line of text: quoted, control characters
+    escaped, and cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):   # closed
+        return False
 
 
 def clock_skew_seconds(server_date: Optional[str], now: float) -> Optional[float]:
@@ -421,7 +477,8 @@ class OptionSpec(NamedTuple):
 
     flag: str
     key: str          # the INI key and the Settings field; for a mode, its Mode value
-    kind: str         # text, url, port, seconds, level: a value; flag: none; mode; exec; oci
+    kind: str         # text, url, ports, seconds, level, choice: a value; flag: none; mode;
+                      # exec; oci
     group: str
     help: str
     in_ini: bool = True
@@ -434,6 +491,7 @@ class OptionSpec(NamedTuple):
 
 CONFIGURATION = "Configuration"
 PROVIDER = "Identity provider"
+SIGN_IN = "Sign-in"
 EXCHANGE = "OCI token exchange"
 ENCRYPTION = "Refresh token encryption"
 BACKGROUND = "Background refresh"
@@ -446,11 +504,16 @@ OPTIONS: Tuple[OptionSpec, ...] = (
                "The manager INI file. Default: env WOCI_MANAGER_CONFIG, else woci_manager.ini "
                "beside the OCI config file, else ~/.oci/woci_manager.ini. Taken wherever it "
                "stands on the command line.", in_ini=False, anywhere=True),
+    OptionSpec("--issuer", "issuer", "url", PROVIDER,
+               "The provider's issuer URL. woci then reads the endpoints from its "
+               f"{DISCOVERY_PATH} (kept for a day in the session folder); URLs set "
+               "explicitly win."),
     OptionSpec("--authz-base-url", "authz_base_url", "url", PROVIDER,
-               "The provider's full authorization endpoint URL. Required."),
+               "The provider's full authorization endpoint URL. Required unless --issuer is "
+               "set."),
     OptionSpec("--token-url", "token_url", "url", PROVIDER,
                "The provider's token endpoint (authorization_code and refresh_token grants). "
-               "Required."),
+               "Required unless --issuer is set."),
     OptionSpec("--auth-client-id", "auth_client_id", "text", PROVIDER,
                "The client registered at the provider. Required."),
     OptionSpec("--auth-client-secret", "auth_client_secret", "text", PROVIDER,
@@ -460,14 +523,28 @@ OPTIONS: Tuple[OptionSpec, ...] = (
                secret=True, env="WOCI_AUTH_CLIENT_SECRET"),
     OptionSpec("--scope", "scope", "text", PROVIDER,
                f"Scopes to ask for. Default: '{DEFAULT_SCOPE}'."),
-    OptionSpec("--redirect-port", "redirect_port", "port", PROVIDER,
-               f"Port of the sign-in callback on 127.0.0.1. Default: {DEFAULT_REDIRECT_PORT}."),
-    OptionSpec("--login-timeout", "login_timeout", "seconds", PROVIDER,
-               f"How long a browser sign-in may take, in seconds. Default: "
-               f"{DEFAULT_LOGIN_TIMEOUT}."),
-    OptionSpec("--non-interactive", "interactive", "flag", PROVIDER,
-               "Never open a browser: when a sign-in is needed, say so and exit 1. Also when "
-               "env CI is true or the INI says interactive = false.", flag_sets=False),
+    OptionSpec("--login-flow", "login_flow", "choice", SIGN_IN,
+               "How to sign in when one is needed. browser: open the provider's page in a "
+               "browser here, which comes back to 127.0.0.1. device: print a code to enter at "
+               "the provider from any device (phone, laptop); for SSH, containers and cloud "
+               "shells. manual: print the sign-in URL for any browser, then read from stdin "
+               "the address that browser ends on, or the code. With no browser here (no "
+               "--browser-command, no $BROWSER, and on Linux no DISPLAY or WAYLAND_DISPLAY) "
+               f"and a terminal on stdin, browser becomes manual. Default: {DEFAULT_LOGIN_FLOW}."),
+    OptionSpec("--browser-command", "browser_command", "text", SIGN_IN,
+               "The program that opens the sign-in page, given the URL as its last argument "
+               "(split like a shell would, run without one; its output goes to stderr), e.g. "
+               "wslview, or a browser with a profile option. Default: $BROWSER, else the "
+               "system's browser."),
+    OptionSpec("--redirect-port", "redirect_port", "ports", SIGN_IN,
+               "Port of the sign-in callback on 127.0.0.1, or a comma-separated list of ports "
+               "registered at the provider: the first free one is used. Default: "
+               f"{DEFAULT_REDIRECT_PORT}."),
+    OptionSpec("--login-timeout", "login_timeout", "seconds", SIGN_IN,
+               f"How long a sign-in may take, in seconds. Default: {DEFAULT_LOGIN_TIMEOUT}."),
+    OptionSpec("--non-interactive", "interactive", "flag", SIGN_IN,
+               "Never sign in: when a sign-in is needed, say so and exit 1. Also when env CI "
+               "is true or the INI says interactive = false.", flag_sets=False),
     OptionSpec("--token-exchange-url", "token_exchange_url", "url", EXCHANGE,
                "OCI's token-exchange endpoint. Default: the token URL."),
     OptionSpec("--client-id", "client_id", "text", EXCHANGE,
@@ -517,14 +594,18 @@ INI_ONLY_KEYS = {
     "region": "text",
     "prompt": "text",
     "encrypt_refresh_token": "bool",
+    "device_authorization_url": "url",
 }
-VALUE_KINDS = ("text", "url", "port", "seconds", "level")
+VALUE_KINDS = ("text", "url", "ports", "seconds", "level", "choice")
+CHOICES = {"login_flow": LOGIN_FLOWS}
 OPTIONS_BY_FLAG = {name: spec for spec in OPTIONS for name in (spec.flag, spec.alias) if name}
 SETTING_OPTIONS = tuple(spec for spec in OPTIONS if spec.kind in (*VALUE_KINDS, "flag"))
 FLAG_OF_KEY = {spec.key: spec.flag for spec in SETTING_OPTIONS}
 INI_KINDS = {**{spec.key: ("bool" if spec.kind == "flag" else spec.kind)
                 for spec in SETTING_OPTIONS if spec.in_ini}, **INI_ONLY_KEYS}
 REQUIRED_KEYS = ("authz_base_url", "token_url", "auth_client_id", "client_id", "client_secret")
+# With issuer set, discovery gives these; explicit values still win (SPEC 3).
+DISCOVERABLE_KEYS = ("authz_base_url", "token_url")
 SECRET_KEYS = tuple(spec.key for spec in OPTIONS if spec.secret)
 # The OCI options woci reads, by flag: their values also decide oci's command words.
 OCI_PASSTHROUGH_OPTIONS = {spec.flag: spec.key for spec in OPTIONS if spec.kind == "oci"}
@@ -660,15 +741,16 @@ class Settings:
     profile: str
     oci_config_file: Path
     manager_config_file: Optional[Path]
-    authz_base_url: str
-    token_url: str
-    token_exchange_url: str
+    # None only with issuer set, until resolve_endpoints fills them in from discovery.
+    authz_base_url: Optional[str]
+    token_url: Optional[str]
+    token_exchange_url: Optional[str]
     auth_client_id: str
     client_id: str
     client_secret: str
     auth_client_secret: Optional[str] = None
     scope: str = DEFAULT_SCOPE
-    redirect_port: int = DEFAULT_REDIRECT_PORT
+    redirect_port: int = DEFAULT_REDIRECT_PORT    # the first of redirect_ports
     redirect_path: str = DEFAULT_REDIRECT_PATH
     region: Optional[str] = None          # from the INI: always written to the profile
     cli_region: Optional[str] = None      # from --region: written only if the profile has none
@@ -682,10 +764,22 @@ class Settings:
     refresh_safety_window: float = DEFAULT_REFRESH_SAFETY_WINDOW
     log_level: str = DEFAULT_LOG_LEVEL
     ca_bundle: Optional[str] = None       # env OCI_CLI_CERT_BUNDLE, as the OCI CLI reads it
+    issuer: Optional[str] = None
+    device_authorization_url: Optional[str] = None
+    login_flow: str = DEFAULT_LOGIN_FLOW
+    browser_command: Optional[str] = None
+    redirect_ports: Tuple[int, ...] = ()  # every port registered, in order; () = redirect_port
 
     @property
     def redirect_uri(self) -> str:
-        return f"http://127.0.0.1:{self.redirect_port}{self.redirect_path}"
+        return self.redirect_uri_for(self.redirect_port)
+
+    def redirect_uri_for(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}{self.redirect_path}"
+
+    @property
+    def callback_ports(self) -> Tuple[int, ...]:
+        return self.redirect_ports or (self.redirect_port,)
 
     @property
     def encryption_wanted(self) -> bool:
@@ -765,14 +859,25 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
         except ValueError as exc:
             raise ConfigError(f"{key} in {where}: {exc}") from exc
     if kind == "url":
-        parts = urllib.parse.urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if not is_http_url(text):
             raise ConfigError(f"{key} in {where} must be an http(s) URL, not {text!r}")
         return text
     if kind == "port":
         if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
             raise ConfigError(f"{key} in {where} must be a port number 1-65535, not {text!r}")
         return int(text)
+    if kind == "ports":
+        items = [item.strip() for item in text.split(",")]
+        if len(items) > 1 and not all(items):
+            raise ConfigError(f"{key} in {where} must be a port number 1-65535 or a "
+                              f"comma-separated list of them, not {text!r}")
+        ports = [_convert(key, "port", item, where) for item in items]
+        return tuple(dict.fromkeys(ports))   # in order, each once
+    if kind == "choice":
+        if text.lower() not in CHOICES[key]:
+            raise ConfigError(f"{key} in {where} must be one of {', '.join(CHOICES[key])}, "
+                              f"not {text!r}")
+        return text.lower()
     if kind == "seconds":
         try:
             seconds = float(text)
@@ -812,12 +917,23 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
             values[spec.key] = spec.flag_sets if spec.kind == "flag" else \
                 _convert(spec.key, spec.kind, cmd.woci[spec.key], spec.flag)
 
-    missing = [key for key in REQUIRED_KEYS if not values.get(key)]
+    discovered = DISCOVERABLE_KEYS if values.get("issuer") else ()
+    missing = [key for key in REQUIRED_KEYS if not values.get(key) and key not in discovered]
     if missing:
         where = manager_path or "~/.oci/woci_manager.ini"
         flags = ", ".join(f"{key} ({FLAG_OF_KEY[key]})" for key in missing)
-        raise ConfigError(f"missing settings: {flags}; set them in [{profile}] or "
+        instead = (" (or issuer, which gives both through discovery)"
+                   if set(DISCOVERABLE_KEYS) & set(missing) else "")
+        raise ConfigError(f"missing settings: {flags}; set them{instead} in [{profile}] or "
                           f"[{COMMON_SECTION}] of {where}, or pass the flags")
+    if (values.get("login_flow") == "device" and not values.get("device_authorization_url")
+            and not values.get("issuer")):
+        raise ConfigError(f"login_flow = device needs device_authorization_url (or issuer, "
+                          f"whose discovery gives it); set it in [{profile}] or "
+                          f"[{COMMON_SECTION}] of {manager_path or '~/.oci/woci_manager.ini'}")
+    ports = values.pop("redirect_port", None)
+    if ports:
+        values["redirect_port"], values["redirect_ports"] = ports[0], ports
     redirect_path = str(values.get("redirect_path", DEFAULT_REDIRECT_PATH))
     if not redirect_path.startswith("/"):
         raise ConfigError(f"redirect_path in {ini_where} must start with '/', "
@@ -825,6 +941,8 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
     # Any source saying "not interactive" wins: an INI saying true must not make CI wait.
     interactive = bool(values.pop("interactive", True)) and not env_flag_is_true(
         environ.get("CI"))
+    for key in DISCOVERABLE_KEYS:
+        values.setdefault(key, None)
     values.setdefault("token_exchange_url", values["token_url"])
     fields = {f.name for f in dataclasses.fields(Settings)}
     return Settings(
@@ -873,6 +991,7 @@ class SessionPaths:
     public_key = property(lambda self: self.folder / PUBLIC_KEY_FILE)
     refresh_token = property(lambda self: self.folder / REFRESH_TOKEN_FILE)
     lock = property(lambda self: self.folder / LOCK_FILE)
+    discovery = property(lambda self: self.folder / DISCOVERY_FILE)
     pid = property(lambda self: self.folder / PID_FILE)
     daemon_state = property(lambda self: self.folder / DAEMON_STATE_FILE)
     daemon_log = property(lambda self: self.folder / DAEMON_LOG_FILE)
@@ -1433,6 +1552,22 @@ def post_form(url: str, form: Mapping[str, str], what: str,
     jitter (honouring Retry-After). An OAuth error object raises OAuthError; anything else
     that is not JSON raises HttpError naming the endpoint.
     """
+    return _call_json("POST", url, what, form, basic, now, sleep, jitter, ca_bundle)
+
+
+def get_json(url: str, what: str,
+             now: Callable[[], float] = time.time,
+             sleep: Callable[[float], None] = time.sleep,
+             jitter: Callable[[], float] = random.random,
+             ca_bundle: Optional[str] = None) -> dict:
+    """GET a JSON document (discovery), with post_form's timeouts, retries and TLS rules."""
+    return _call_json("GET", url, what, None, None, now, sleep, jitter, ca_bundle)
+
+
+def _call_json(method: str, url: str, what: str, form: Optional[Mapping[str, str]],
+               basic: Optional[Tuple[str, str]], now: Callable[[], float],
+               sleep: Callable[[float], None], jitter: Callable[[], float],
+               ca_bundle: Optional[str]) -> dict:
     import requests
 
     # Without a bundle of its own, requests reads REQUESTS_CA_BUNDLE and proxies from env.
@@ -1444,9 +1579,9 @@ def post_form(url: str, form: Mapping[str, str], what: str,
             LOG.info("retrying %s (%s)", what, last_problem)
         try:
             with requests.Session() as session:
-                response = session.post(
-                    url, data=dict(form), timeout=HTTP_TIMEOUT,
-                    headers={"Accept": "application/json"},
+                response = session.request(
+                    method, url, data=dict(form) if form is not None else None,
+                    timeout=HTTP_TIMEOUT, headers={"Accept": "application/json"},
                     auth=basic if basic else _no_netrc, allow_redirects=False, **tls)
         except requests.exceptions.SSLError as exc:
             raise HttpError(f"TLS failure talking to the {what} at {url}: "
@@ -1483,10 +1618,12 @@ def _token_response(document: dict, url: str) -> TokenResponse:
     return TokenResponse(access_token, refresh if isinstance(refresh, str) and refresh else None)
 
 
-def redeem_code(settings: Settings, code: str, verifier: str) -> TokenResponse:
+def redeem_code(settings: Settings, code: str, verifier: str,
+                redirect_uri: Optional[str] = None) -> TokenResponse:
+    """The code grant; redirect_uri is the one the authorization request carried."""
     form = {"grant_type": "authorization_code", "code": code,
-            "redirect_uri": settings.redirect_uri, "client_id": settings.auth_client_id,
-            "code_verifier": verifier}
+            "redirect_uri": redirect_uri or settings.redirect_uri,
+            "client_id": settings.auth_client_id, "code_verifier": verifier}
     try:
         document = post_form(settings.token_url, form, "token endpoint", _client_auth(settings),
                              ca_bundle=settings.ca_bundle)
@@ -1509,12 +1646,150 @@ def refresh_grant(settings: Settings, refresh_token: str) -> TokenResponse:
     return _token_response(document, settings.token_url)
 
 
+# --- discovery -------------------------------------------------------------------------------
+
+# Settings field and the discovery document's name for it. A field Settings lacks is skipped.
+DISCOVERED_ENDPOINTS = (("authz_base_url", "authorization_endpoint"),
+                        ("token_url", "token_endpoint"),
+                        ("device_authorization_url", "device_authorization_endpoint"),
+                        ("revocation_url", "revocation_endpoint"))
+
+
+def discovery_url(issuer: str) -> str:
+    # OpenID Connect Discovery 1.0, section 4: a terminating "/" is removed before appending.
+    return issuer.rstrip("/") + DISCOVERY_PATH
+
+
+def discovery_endpoints(document: object, issuer: str, url: str) -> Dict[str, str]:
+    """The endpoints a discovery document names; DiscoveryError unless it is the issuer's own
+    (section 4.3: its issuer must be exactly the one configured)."""
+    if not isinstance(document, dict):
+        raise DiscoveryError(f"the discovery document at {url} is not a JSON object")
+    said = document.get("issuer")
+    if said != issuer:
+        who = f"is for issuer {shown(said)}" if said is not None else "names no issuer"
+        raise DiscoveryError(f"the discovery document at {url} {who}, not the configured "
+                             f"{issuer!r}; set issuer to exactly the provider's issuer")
+    endpoints = {}
+    for _, name in DISCOVERED_ENDPOINTS:
+        value = document.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not is_http_url(value):
+            raise DiscoveryError(f"the discovery document at {url} names an unusable {name} "
+                                 f"({shown(value)}): not an http(s) URL")
+        endpoints[name] = value
+    return endpoints
+
+
+class CachedDiscovery(NamedTuple):
+    endpoints: Dict[str, str]
+    age: float
+
+
+def read_discovery_cache(path: Path, issuer: str, now: float) -> Optional[CachedDiscovery]:
+    """The endpoints kept for issuer and their age; None when there is no usable copy (none,
+    another issuer's, damaged, or dated in the future): it is only a copy."""
+    try:
+        raw = read_file_if_present(path)
+        document = json.loads(raw) if raw is not None else None
+    except (StorageError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("issuer") != issuer:
+        return None
+    fetched, endpoints = document.get("fetched_at"), document.get("endpoints")
+    if (not isinstance(fetched, (int, float)) or isinstance(fetched, bool)
+            or not isinstance(endpoints, dict) or fetched != fetched):
+        return None
+    if not all(isinstance(value, str) and is_http_url(value) for value in endpoints.values()):
+        return None
+    age = now - fetched
+    if age < -CLOCK_SKEW_TOLERANCE_SECONDS:
+        return None
+    return CachedDiscovery(endpoints, max(0.0, age))
+
+
+def write_discovery_cache(path: Path, issuer: str, endpoints: Mapping[str, str],
+                          now: float) -> None:
+    document = {"issuer": issuer, "fetched_at": now, "endpoints": dict(endpoints)}
+    ensure_private_folder(path.parent)
+    atomic_write(path, json.dumps(document, indent=2).encode("utf-8"))
+
+
+def discover(settings: Settings, path: Path, now: Callable[[], float] = time.time,
+             fetch: Callable[..., dict] = get_json) -> Dict[str, str]:
+    """The issuer's endpoints: the copy in path while it is less than a day old, else the
+    document fetched now (and kept); when fetching fails, a copy up to a week old, with a
+    warning."""
+    issuer = settings.issuer
+    assert issuer is not None
+    cached = read_discovery_cache(path, issuer, now())
+    if cached is not None and cached.age < DISCOVERY_FRESH_SECONDS:
+        return cached.endpoints
+    url = discovery_url(issuer)
+    try:
+        document = fetch(url, "discovery document", ca_bundle=settings.ca_bundle)
+    except (HttpError, OAuthError) as exc:
+        if cached is not None and cached.age < DISCOVERY_STALE_MAX_SECONDS:
+            LOG.warning("using the copy of the discovery document from %s ago, as reading it "
+                        "failed: %s", format_duration(cached.age), exc)
+            return cached.endpoints
+        old = (f" (the copy in {path} is {format_duration(cached.age)} old, too old to use)"
+               if cached is not None else "")
+        raise DiscoveryError(f"{exc}{old}") from exc
+    endpoints = discovery_endpoints(document, issuer, url)
+    try:
+        write_discovery_cache(path, issuer, endpoints, now())
+    except StorageError as exc:
+        LOG.warning("cannot keep a copy of the discovery document: %s", exc)
+    return endpoints
+
+
+def endpoints_needed(settings: Settings, signing_in: bool) -> Tuple[str, ...]:
+    """The endpoint settings a renewal uses: the token endpoint, and the sign-in flow's."""
+    if not signing_in:
+        return ("token_url",)
+    return ("token_url", "device_authorization_url" if settings.login_flow == "device"
+            else "authz_base_url")
+
+
+def resolve_endpoints(settings: Settings, discovery_cache: Path, signing_in: bool = True,
+                      **seams) -> Settings:
+    """The settings with every endpoint a renewal needs: explicit ones as they are, the others
+    from discovery, read only when issuer is set and one of them is missing."""
+    needed = endpoints_needed(settings, signing_in)
+    if settings.issuer and not all(getattr(settings, field) for field in needed):
+        endpoints = discover(settings, discovery_cache, **seams)
+        fields = {f.name for f in dataclasses.fields(Settings)}
+        settings = dataclasses.replace(settings, **{
+            field: endpoints[name] for field, name in DISCOVERED_ENDPOINTS
+            if field in fields and not getattr(settings, field) and name in endpoints})
+        for field, name in DISCOVERED_ENDPOINTS:
+            if field in needed and not getattr(settings, field):
+                why = (" (the provider, or this client, may not offer the device flow)"
+                       if field == "device_authorization_url" else "")
+                raise ConfigError(f"the discovery document at {discovery_url(settings.issuer)} "
+                                  f"names no {name}{why}; set {field} in the manager INI")
+    if not settings.token_exchange_url:
+        settings = dataclasses.replace(settings, token_exchange_url=settings.token_url)
+    return settings
+
+
 # --- the browser sign-in ---------------------------------------------------------------------
 
 
 class CallbackResult(NamedTuple):
     code: Optional[str]
     error: Optional[str]
+
+
+class AuthCode(NamedTuple):
+    """What a browser or manual sign-in yields: the code, the PKCE verifier, and the
+    redirect_uri the authorization request carried (the code grant must repeat it)."""
+
+    code: str
+    verifier: str
+    redirect_uri: str
 
 
 CALLBACK_PAGE = """<!doctype html>
@@ -1624,8 +1899,9 @@ def open_callback_server(port: int, path: str, state: str):
         return CallbackServer(("127.0.0.1", port), CallbackHandler)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise AuthError(f"port {port} on 127.0.0.1 is in use, so the sign-in callback cannot "
-                            "listen there; close what uses it or set redirect_port") from exc
+            raise CallbackPortBusy(f"port {port} on 127.0.0.1 is in use, so the sign-in callback "
+                                   "cannot listen there; close what uses it or set "
+                                   "redirect_port") from exc
         raise AuthError(f"cannot listen on 127.0.0.1:{port} for the sign-in callback: "
                         f"{exc.strerror}") from exc
 
@@ -1645,35 +1921,82 @@ def wait_for_callback(server, timeout: float) -> CallbackResult:
     return server.result
 
 
-def launch_browser(url: str) -> bool:
-    """Open the URL from a helper process whose stdout is our stderr.
+def open_first_free_callback_server(ports: Tuple[int, ...], path: str, state: str):
+    """The callback server on the first of ports that is free, and that port."""
+    busy = []
+    for port in ports:
+        try:
+            return open_callback_server(port, path, state), port
+        except CallbackPortBusy:
+            if len(ports) == 1:
+                raise
+            LOG.info("port %d on 127.0.0.1 is in use; trying the next one", port)
+            busy.append(port)
+    raise CallbackPortBusy(f"ports {', '.join(map(str, busy))} on 127.0.0.1 are all in use, so "
+                           "the sign-in callback cannot listen on any of them; close what uses "
+                           "them, or add another port registered at the provider to "
+                           "redirect_port")
+
+
+def browser_command_argv(command: str) -> List[str]:
+    """browser_command split as a shell would split it (no shell runs it)."""
+    import shlex  # deferred: only a sign-in with a browser_command needs it
+
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError(f"browser_command {command!r} cannot be split into words: "
+                          f"{exc}") from exc
+    if not argv:
+        raise ConfigError("browser_command is empty")
+    return argv
+
+
+def launch_browser(url: str, command: Optional[List[str]] = None) -> bool:
+    """Open the URL from a helper process whose stdout is our stderr: command (browser_command)
+    with the URL as its last argument, else Python's webbrowser, which honours $BROWSER.
 
     stdout belongs to oci (kubectl parses it), and browser launchers print; some also wait
     for the browser to exit. A separate process keeps both away from woci, which may exec oci
     while the browser is still open.
     """
     code = "import sys, webbrowser; sys.exit(0 if webbrowser.open(sys.argv[1]) else 1)"
+    argv = [*command, url] if command else [sys.executable, "-c", code, url]
     try:
-        subprocess.Popen([sys.executable, "-c", code, url], stdin=subprocess.DEVNULL,
-                         stdout=sys.stderr.fileno(), start_new_session=True)
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                         start_new_session=True)
     except OSError as exc:
-        LOG.warning("cannot start a browser: %s", exc.strerror)
+        what = f"browser_command {command[0]}" if command else "a browser"
+        LOG.warning("cannot start %s: %s; open the URL above yourself", what,
+                    exc.strerror or one_line(exc))
         return False
     return True
 
 
-def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] = launch_browser
-                    ) -> Tuple[str, str]:
-    """Authorization Code + PKCE in the browser: the authorization code and the verifier."""
-    verifier, challenge = pkce_pair()
-    state = secrets.token_urlsafe(32)
+def authorization_url(settings: Settings, redirect_uri: str, state: str, challenge: str) -> str:
     params = {"response_type": "code", "client_id": settings.auth_client_id,
-              "redirect_uri": settings.redirect_uri, "scope": settings.scope, "state": state,
+              "redirect_uri": redirect_uri, "scope": settings.scope, "state": state,
               "code_challenge": challenge, "code_challenge_method": "S256"}
     if settings.prompt:
         params["prompt"] = settings.prompt
-    url = add_query(settings.authz_base_url, params)
-    server = open_callback_server(settings.redirect_port, settings.redirect_path, state)
+    assert settings.authz_base_url is not None   # resolve_endpoints saw to it
+    return add_query(settings.authz_base_url, params)
+
+
+def browser_sign_in(settings: Settings, open_browser: Optional[Callable[[str], bool]] = None
+                    ) -> AuthCode:
+    """Authorization Code + PKCE in the browser, the callback on the first free port of
+    redirect_port. open_browser defaults to browser_command, else Python's webbrowser."""
+    if open_browser is None:
+        command = browser_command_argv(settings.browser_command) \
+            if settings.browser_command else None
+        open_browser = lambda url: launch_browser(url, command)  # noqa: E731
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(32)
+    server, port = open_first_free_callback_server(settings.callback_ports,
+                                                   settings.redirect_path, state)
+    redirect_uri = settings.redirect_uri_for(port)
+    url = authorization_url(settings, redirect_uri, state, challenge)
     try:
         print(f"woci: sign in for OCI profile {settings.profile} in your browser. If no browser "
               f"opens, visit:\n\n    {url}\n", file=sys.stderr, flush=True)
@@ -1685,7 +2008,235 @@ def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] = la
     if result.error:
         raise AuthError(result.error)
     assert result.code is not None
-    return result.code, verifier
+    return AuthCode(result.code, verifier, redirect_uri)
+
+
+def no_browser_here(settings: Settings, environ: Mapping[str, str],
+                    platform: str = sys.platform) -> bool:
+    """Plainly no browser to open: no browser_command, no $BROWSER, and on Linux no display
+    (an SSH session, a container). Elsewhere the system opener is trusted."""
+    return (not settings.browser_command and not environ.get("BROWSER")
+            and platform.startswith("linux")
+            and not environ.get("DISPLAY") and not environ.get("WAYLAND_DISPLAY"))
+
+
+# --- the pasted sign-in (login_flow = manual) ------------------------------------------------
+
+
+def read_pasted_line(timeout: float) -> Optional[str]:
+    """One line from stdin (a terminal or a pipe), without its newline; None at end of input,
+    TimeoutError after timeout seconds. Read a byte at a time, so whatever follows the line
+    is left for oci."""
+    try:
+        fd = sys.stdin.fileno() if sys.stdin is not None else -1
+    except (OSError, ValueError):   # closed, or not a real file
+        fd = -1
+    if fd < 0:
+        return None
+    deadline = time.monotonic() + timeout
+    data = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            ready, _, _ = select.select([fd], [], [], remaining)
+            chunk = os.read(fd, 1) if ready else None
+        except (OSError, ValueError):   # a terminal that went away
+            return None
+        if chunk is None:
+            continue
+        if chunk in (b"", b"\n"):
+            return data.decode("utf-8", "replace") if data or chunk else None
+        data += chunk
+        if len(data) > PASTED_LINE_MAX_BYTES:
+            raise AuthError(f"the pasted line is longer than {PASTED_LINE_MAX_BYTES} bytes; "
+                            "paste only the address the browser was sent to, or the code")
+
+
+PASTED_WRONG_STATE = ("the pasted address carries a wrong or missing state, so it is not the "
+                      "answer to this sign-in (an older tab?); its code was not used and "
+                      "nothing was saved; run woci again and paste the address the browser "
+                      "ends on")
+
+
+def parse_pasted_answer(text: str, expected_state: str) -> CallbackResult:
+    """What a pasted line means: the address the browser was sent to (its state checked, as
+    the callback checks it), or the bare authorization code."""
+    text = text.strip().strip("\"'<>").strip()
+    if "://" in text or text.startswith("/"):
+        parts = urllib.parse.urlsplit(text)
+        query = parts.query or parts.fragment
+    elif text.startswith("?") or "=" in text:
+        query = text.lstrip("?")
+    else:
+        code = urllib.parse.unquote(text)
+        if not code or not code.isprintable() or any(ch.isspace() for ch in code):
+            return CallbackResult(None, "what was pasted is neither the address the browser "
+                                        "was sent to nor an authorization code; run woci again")
+        return CallbackResult(code, None)
+    result = evaluate_callback(urllib.parse.parse_qs(query, keep_blank_values=True),
+                               expected_state)
+    return result if result is not None else CallbackResult(None, PASTED_WRONG_STATE)
+
+
+def manual_sign_in(settings: Settings,
+                   read_line: Callable[[float], Optional[str]] = read_pasted_line,
+                   now: Callable[[], float] = time.monotonic) -> AuthCode:
+    """Authorization Code + PKCE with the browser anywhere: the URL on stderr, then one line
+    on stdin, the address the browser ended on (nothing listens there) or the bare code."""
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(32)
+    redirect_uri = settings.redirect_uri   # nothing listens on it: the first registered port
+    url = authorization_url(settings, redirect_uri, state, challenge)
+    print(f"woci: sign in for OCI profile {settings.profile}: open this URL in a browser on any "
+          f"machine:\n\n    {url}\n\nAfter you sign in, the browser is sent to {redirect_uri}?..."
+          ", a page that will not load. Copy that whole address from the address bar (or just "
+          "its code value) and paste it here:", file=sys.stderr, flush=True)
+    deadline = now() + settings.login_timeout
+    line = ""
+    while not line.strip():
+        try:
+            pasted = read_line(max(0.0, deadline - now()))
+        except TimeoutError:
+            raise AuthError(f"sign-in timed out after {format_duration(settings.login_timeout)} "
+                            "waiting for the address to be pasted; run woci again (or raise "
+                            "login_timeout)") from None
+        if pasted is None:
+            raise AuthError("stdin ended before the sign-in answer was pasted; paste the "
+                            "address the browser was sent to (or the code) on stdin")
+        line = pasted
+    result = parse_pasted_answer(line, state)
+    if result.error:
+        raise AuthError(result.error)
+    assert result.code is not None
+    return AuthCode(result.code, verifier, redirect_uri)
+
+
+# --- the device flow (RFC 8628) --------------------------------------------------------------
+
+
+class DeviceAuthorization(NamedTuple):
+    device_code: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: Optional[str]
+    expires_in: float
+    interval: float
+
+
+def _seconds_or(value: object, default: float) -> float:
+    """A positive, plausible number of seconds from a server, else default."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e7
+    return float(value) if ok else default   # type: ignore[arg-type]
+
+
+def _fit_for_terminal(value: object) -> bool:
+    """Printable on one line as it is: no control characters (a server's escape sequences
+    must not reach the user's terminal), no white space."""
+    return (isinstance(value, str) and 0 < len(value) <= 2048 and value.isprintable()
+            and not any(ch.isspace() for ch in value))
+
+
+def parse_device_authorization(document: dict, url: str, default_expiry: float
+                               ) -> DeviceAuthorization:
+    unusable = f"the device authorization endpoint at {url} answered without a usable"
+    device_code = document.get("device_code")
+    if not isinstance(device_code, str) or not device_code:
+        raise AuthError(f"{unusable} device_code")
+    user_code = document.get("user_code")
+    if not _fit_for_terminal(user_code):
+        raise AuthError(f"{unusable} user_code")
+    # verification_url: the name in drafts of RFC 8628, still sent by some providers.
+    uri = document.get("verification_uri") or document.get("verification_url")
+    if not (_fit_for_terminal(uri) and is_http_url(uri)):   # type: ignore[arg-type]
+        raise AuthError(f"{unusable} verification_uri")
+    complete = document.get("verification_uri_complete")
+    if not (_fit_for_terminal(complete) and is_http_url(complete)):   # type: ignore[arg-type]
+        complete = None
+    return DeviceAuthorization(device_code, user_code, uri, complete,  # type: ignore[arg-type]
+                               _seconds_or(document.get("expires_in"), default_expiry),
+                               min(DEVICE_MAX_INTERVAL_SECONDS,
+                                   _seconds_or(document.get("interval"),
+                                               DEVICE_DEFAULT_INTERVAL_SECONDS)))
+
+
+def _device_grant_hint(settings: Settings, exc: OAuthError) -> str:
+    if exc.error in ("unauthorized_client", "unsupported_grant_type", "invalid_client"):
+        return (f" (is the device authorization grant enabled for client "
+                f"{settings.auth_client_id} at the provider?)")
+    return ""
+
+
+def request_device_authorization(settings: Settings) -> DeviceAuthorization:
+    url = settings.device_authorization_url
+    assert url is not None   # build_settings or resolve_endpoints saw to it
+    try:
+        document = post_form(url, {"client_id": settings.auth_client_id,
+                                   "scope": settings.scope},
+                             "device authorization endpoint", _client_auth(settings),
+                             ca_bundle=settings.ca_bundle)
+    except OAuthError as exc:
+        raise AuthError(f"the device sign-in could not start: {exc}"
+                        f"{_device_grant_hint(settings, exc)}") from exc
+    return parse_device_authorization(document, url, settings.login_timeout)
+
+
+def show_device_code(settings: Settings, device: DeviceAuthorization, wait: float) -> None:
+    lines = [f"woci: to sign in for OCI profile {settings.profile}, open this page in a browser "
+             "on any device:", "", f"    {device.verification_uri}", "",
+             f"and enter the code: {device.user_code}", ""]
+    if device.verification_uri_complete:
+        lines += ["Or open this link, which fills in the code:", "",
+                  f"    {device.verification_uri_complete}", ""]
+    lines.append(f"woci: waiting for the sign-in (at most {format_duration(wait)})...")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def device_sign_in(settings: Settings, now: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> TokenResponse:
+    """RFC 8628: the user code and where to enter it on stderr, then the token endpoint
+    polled every interval (5 s more after each slow_down) until the sign-in is approved,
+    denied, or its code expires; bounded by login_timeout. No browser is opened here."""
+    device = request_device_authorization(settings)
+    token_url = settings.token_url
+    assert token_url is not None   # resolve_endpoints saw to it
+    started = now()
+    expires_at = started + device.expires_in
+    deadline = min(expires_at, started + settings.login_timeout)
+    show_device_code(settings, device, deadline - started)
+    form = {"grant_type": DEVICE_CODE_GRANT, "device_code": device.device_code,
+            "client_id": settings.auth_client_id}
+    expired = AuthError("the code expired before the sign-in was approved at the provider; "
+                        "run woci again")
+    interval = device.interval
+    while True:
+        if now() + interval > deadline:   # the next poll would come too late
+            if deadline >= expires_at:
+                raise expired
+            raise AuthError(f"sign-in timed out after {format_duration(settings.login_timeout)} "
+                            "waiting for the sign-in to be approved at the provider; run woci "
+                            "again (or raise login_timeout)")
+        sleep(interval)
+        try:
+            document = post_form(token_url, form, "token endpoint", _client_auth(settings),
+                                 ca_bundle=settings.ca_bundle)
+        except OAuthError as exc:
+            if exc.error == "authorization_pending":
+                continue
+            if exc.error == "slow_down":
+                interval += DEVICE_SLOW_DOWN_SECONDS
+                LOG.info("the provider asked to poll more slowly: every %s now",
+                         format_duration(interval))
+                continue
+            if exc.error == "access_denied":
+                raise AuthError("the sign-in was denied at the provider (access_denied); "
+                                "nothing was saved") from exc
+            if exc.error == "expired_token":
+                raise expired from exc
+            raise AuthError(f"sign-in failed: {exc}{_device_grant_hint(settings, exc)}"
+                            ) from exc
+        return _token_response(document, token_url)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1816,8 +2367,10 @@ class Session:
     paths: SessionPaths
     refresh_tokens: RefreshTokenStore
     can_sign_in: bool
-    open_browser: Callable[[str], bool] = launch_browser
+    open_browser: Optional[Callable[[str], bool]] = None   # None: browser_command or webbrowser
     now: Callable[[], float] = time.time
+    stdin_is_tty: Callable[[], bool] = stdin_is_terminal
+    read_line: Callable[[float], Optional[str]] = read_pasted_line
 
     @classmethod
     def open(cls, settings: Settings, environ: Mapping[str, str],
@@ -1839,9 +2392,9 @@ class Session:
 
 
 def sign_in_hint(settings: Settings) -> str:
-    return (f"a browser sign-in is needed for OCI profile {settings.profile} and nobody can "
-            f"answer it here; run `woci --profile {settings.profile} session authenticate` in a "
-            "terminal with a browser, then try again")
+    return (f"a sign-in is needed for OCI profile {settings.profile} and nobody can answer it "
+            f"here; run `woci --profile {settings.profile} session authenticate` in a terminal "
+            "(add --login-flow device where no browser can reach this machine), then try again")
 
 
 def _profile_points_here(session: Session) -> bool:
@@ -1908,11 +2461,30 @@ def _refresh(session: Session) -> Optional[TokenResponse]:
     return tokens
 
 
+def login_flow_here(session: Session) -> str:
+    """The configured login_flow, but manual for browser when there is plainly no browser
+    here and someone at a terminal can paste the answer."""
+    settings = session.settings
+    if (settings.login_flow == "browser" and session.stdin_is_tty()
+            and no_browser_here(settings, session.environ)):
+        print("woci: no browser here (no browser_command, no $BROWSER, no DISPLAY or "
+              "WAYLAND_DISPLAY), so signing in with login_flow = manual; set login_flow = "
+              "device, or browser_command, to choose", file=sys.stderr)
+        return "manual"
+    return settings.login_flow
+
+
 def _sign_in(session: Session) -> TokenResponse:
     if not session.can_sign_in:
         raise SignInNeeded(sign_in_hint(session.settings))
-    code, verifier = browser_sign_in(session.settings, session.open_browser)
-    tokens = redeem_code(session.settings, code, verifier)
+    settings = session.settings
+    flow = login_flow_here(session)
+    if flow == "device":
+        tokens = device_sign_in(settings)
+    else:
+        grant = (manual_sign_in(settings, session.read_line) if flow == "manual"
+                 else browser_sign_in(settings, session.open_browser))
+        tokens = redeem_code(settings, grant.code, grant.verifier, grant.redirect_uri)
     if tokens.refresh_token:
         session.refresh_tokens.save(tokens.refresh_token)
     else:
@@ -1954,12 +2526,14 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
     2. Nobody can sign in and no refresh token is stored: SignInNeeded at once, without
        waiting for a lock another woci may hold for its own sign-in.
     3. Take the profile lock and look again: another woci may have renewed it meanwhile.
-    4. Make sure a new refresh token could be stored (the passphrase, if one is configured)
-       before any grant spends the old one.
+    4. With issuer set and an endpoint missing, read the provider's discovery document (the
+       copy kept in the session folder while it is fresh). Make sure a new refresh token
+       could be stored (the passphrase, if one is configured) before any grant spends the
+       old one.
     5. A refresh token is stored: refresh grant (a refused token is re-read once: another
        process may have rotated it), the rotated token saved at once.
-    6. Otherwise, or when the provider refused it: a browser sign-in, or SignInNeeded when
-       nobody can answer one.
+    6. Otherwise, or when the provider refused it: a sign-in by login_flow (browser, device
+       code, or pasted answer), or SignInNeeded when nobody can answer one.
     7. Exchange the access token for a UPST, write key, token and profile.
     """
     settings, paths = session.settings, session.paths
@@ -1978,6 +2552,8 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
             LOG.warning("%s; getting a new one", state.problem)
         # An OCI config woci could not update must stop it before a refresh or a sign-in.
         _, config = read_oci_config(settings.oci_config_file)
+        session = dataclasses.replace(session, settings=resolve_endpoints(
+            settings, paths.discovery, signing_in=session.can_sign_in))
         _prepare_refresh_token_storage(session)
         tokens = None if renewal is Renewal.SIGN_IN else _refresh(session)
         if tokens is None:
@@ -2555,6 +3131,10 @@ EXAMPLES = """\
 examples:
   woci --profile dev os ns get            sign in if needed, then run `oci os ns get`
   woci --profile dev session authenticate sign in again in the browser now
+  woci --profile dev --login-flow device session authenticate
+                                          sign in with a code, from a phone or laptop (SSH)
+  woci --profile dev --login-flow manual session authenticate
+                                          sign in in any browser, paste back where it ends
   woci --profile dev                      make sure the session is valid, run nothing
   woci --auto-refresh --exec -- ./job.sh  keep the session fresh while a long job runs
 
@@ -2579,7 +3159,8 @@ def help_text() -> str:
         if spec.kind in ("flag", "mode"):
             group.add_argument(*flags, action="store_true", help=spec.help)
         else:
-            metavar = "-- CMD" if spec.kind == "exec" else spec.key.upper()
+            metavar = "-- CMD" if spec.kind == "exec" else \
+                "|".join(CHOICES[spec.key]) if spec.kind == "choice" else spec.key.upper()
             group.add_argument(*flags, metavar=metavar, help=spec.help)
     return parser.format_help()
 
