@@ -9,19 +9,25 @@ For the OCI CLI profile in use, woci makes sure the session token is valid, then
 1. The UPST is valid for more than 60 more seconds: nothing to do.
 2. A refresh token is stored: refresh grant at the provider, then exchange of the new access
    token for a UPST at OCI's token-exchange endpoint. No browser.
-3. Otherwise (or when the provider refuses the refresh token): Authorization Code + PKCE in the
-   browser, with the callback on http://127.0.0.1:<redirect_port><redirect_path>; then the
-   exchange. When nobody can sign in (--non-interactive, CI, the daemon, the auto-refresh
-   thread), woci says what to run instead and exits 1.
+3. Otherwise (or when the provider refuses the refresh token): a sign-in, then the exchange.
+   login_flow chooses how: `browser` (Authorization Code + PKCE in the browser, with the
+   callback on http://127.0.0.1:<redirect_port><redirect_path>), `device` (RFC 8628: a code
+   to enter at the provider on any device), or `manual` (the URL on stderr, the address the
+   browser ends on pasted back on stdin). When nobody can sign in (--non-interactive, CI, the
+   daemon, the auto-refresh thread), woci says what to run instead and exits 1.
+
+With `issuer` set, the provider's endpoints come from its OpenID discovery document, read only
+when a renewal needs them and cached for a day in the session folder (``discovery.json``).
 
 Files, in ~/.oci/sessions/<profile>/ (mode 0700), every one mode 0600 and written atomically:
 ``token`` (the UPST, no trailing newline), ``oci_api_key.pem`` and ``oci_api_key_public.pem``
 (the RSA session key), ``refresh_token`` (plain, or AES-256-GCM encrypted JSON; with
 refresh_token_storage = keyring the token is in the OS keyring and ``refresh_token.keyring``
-names its item), ``woci.lock`` (the per-profile lock), and the daemon's ``woci_refresh.pid``,
-``woci_daemon.state`` and ``woci_daemon.log``; in ~/.oci/sessions/ one
-``.oci-config-<hash>.lock`` per OCI config file. The OCI config profile is updated in place
-(key_file, security_token_file, fingerprint, tenancy, region); nothing else in it changes.
+names its item), ``woci.lock`` (the per-profile lock), ``discovery.json`` (the provider's
+endpoints), and the daemon's ``woci_refresh.pid``, ``woci_daemon.state`` and
+``woci_daemon.log``; in ~/.oci/sessions/ one ``.oci-config-<hash>.lock`` per OCI config file.
+The OCI config profile is updated in place (key_file, security_token_file, fingerprint,
+tenancy, region); nothing else in it changes.
 
 woci splits its own argv (section 3) instead of handing it to argparse: oci's commands have
 options named like woci's (``--scope``, ``--client-id``, ``--status``), and from the first
@@ -35,7 +41,8 @@ Sections, each reading only from those above it:
     config file and the profile woci keeps in it.
  5. The fast path: a valid session answered from two small files, without the imports the
     rest needs; the OKE credential cache it answers kubectl from.
- 6. HTTP and OpenID Connect: one form POST with retries, the grants, the browser sign-in.
+ 6. HTTP and OpenID Connect: one form POST (and one JSON GET) with retries, discovery, the
+    grants, the sign-in flows (browser, device code, pasted URL).
  7. Token exchange: the session key and the UPST.
  8. The session: ensure_session(), the renewal ladder.
  9. Background refresh: the renewer, the auto-refresh thread, the daemon.
@@ -109,6 +116,8 @@ DEFAULT_PROFILE = "DEFAULT"
 BOOLEAN_WORDS = {"1": True, "yes": True, "true": True, "on": True,
                  "0": False, "no": False, "false": False, "off": False}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOGIN_FLOWS = ("browser", "device", "manual")
+DEFAULT_LOGIN_FLOW = "browser"
 
 # (connect, read) seconds for every HTTP call.
 HTTP_TIMEOUT = (5.0, 30.0)
@@ -161,6 +170,22 @@ UPST_MAX_LIFETIME_SECONDS = 24 * 3600
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 UPST_TOKEN_TYPE = "urn:oci:token-type:oci-upst"
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+# RFC 8628: poll every `interval` seconds (5 when the provider names none), 5 more after each
+# slow_down.
+DEVICE_DEFAULT_INTERVAL_SECONDS = 5
+DEVICE_SLOW_DOWN_SECONDS = 5
+# A longer interval asked for would leave no poll within login_timeout; slow_down still works.
+DEVICE_MAX_INTERVAL_SECONDS = 60
+# A pasted sign-in answer is one line: the address the browser was sent to, or the code.
+PASTED_LINE_MAX_BYTES = 16 * 1024
+
+# OpenID Connect Discovery 1.0: the document's place under the issuer, and how long a copy
+# is used without asking (fresh), or when asking fails (stale).
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+DISCOVERY_FRESH_SECONDS = 24 * 3600
+DISCOVERY_STALE_MAX_SECONDS = 7 * 24 * 3600
 
 SESSIONS_FOLDER = "sessions"
 TOKEN_FILE = "token"
@@ -173,6 +198,7 @@ KEYRING_MARKER_FILE = "refresh_token.keyring"
 KEYRING_SERVICE = "woci"
 REFRESH_TOKEN_STORAGES = ("file", "keyring")
 LOCK_FILE = "woci.lock"
+DISCOVERY_FILE = "discovery.json"
 # One lock per OCI config file, in the sessions folder: never a stray file beside the config.
 CONFIG_LOCK_PREFIX = ".oci-config-"
 PID_FILE = "woci_refresh.pid"
@@ -222,6 +248,14 @@ class GrantRefused(AuthError):
 
 class SignInNeeded(AuthError):
     """A browser sign-in is needed but nobody can answer it here."""
+
+
+class CallbackPortBusy(AuthError):
+    """The sign-in callback's port is taken by another program."""
+
+
+class DiscoveryError(WociError):
+    """The provider's discovery document could not be read, or is not the issuer's."""
 
 
 class HttpError(WociError):
@@ -333,6 +367,30 @@ def add_query(url: str, params: Mapping[str, str]) -> str:
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def is_http_url(text: str) -> bool:
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:   # e.g. an unclosed IPv6 bracket
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """A value from a server or a file, for one line of text: quoted, control characters
+    escaped, and cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):   # closed
+        return False
 
 
 def clock_skew_seconds(server_date: str | None, now: float) -> float | None:
@@ -482,7 +540,7 @@ class OptionSpec(collections.namedtuple(
     """One of woci's options: how the splitter, the settings and the help treat it.
 
     key: the INI key and the Settings field; for a mode, its Mode value. kind: text, url,
-    port, seconds, level (a value); flag (none); mode; exec; oci. in_ini: it may stand in the
+    ports, seconds, level, choice, storage (a value); flag (none); mode; exec; oci. in_ini: it may stand in the
     manager INI. anywhere: taken wherever it stands, so kubeconfig entries stay short.
     flag_sets: the value the flag gives its key. secret: as a flag, visible to every local
     user in `ps`. env: an environment variable between the flag and the INI. alias: -h.
@@ -493,6 +551,7 @@ class OptionSpec(collections.namedtuple(
 
 CONFIGURATION = "Configuration"
 PROVIDER = "Identity provider"
+SIGN_IN = "Sign-in"
 EXCHANGE = "OCI token exchange"
 ENCRYPTION = "Refresh token encryption"
 BACKGROUND = "Background refresh"
@@ -507,11 +566,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "The manager INI file. Default: env WOCI_MANAGER_CONFIG, else woci_manager.ini "
                "beside the OCI config file, else ~/.oci/woci_manager.ini. Taken wherever it "
                "stands on the command line.", in_ini=False, anywhere=True),
+    OptionSpec("--issuer", "issuer", "url", PROVIDER,
+               "The provider's issuer URL. woci then reads the endpoints from its "
+               f"{DISCOVERY_PATH} (kept for a day in the session folder); URLs set "
+               "explicitly win."),
     OptionSpec("--authz-base-url", "authz_base_url", "url", PROVIDER,
-               "The provider's full authorization endpoint URL. Required."),
+               "The provider's full authorization endpoint URL. Required unless --issuer is "
+               "set."),
     OptionSpec("--token-url", "token_url", "url", PROVIDER,
                "The provider's token endpoint (authorization_code and refresh_token grants). "
-               "Required."),
+               "Required unless --issuer is set."),
     OptionSpec("--auth-client-id", "auth_client_id", "text", PROVIDER,
                "The client registered at the provider. Required."),
     OptionSpec("--auth-client-secret", "auth_client_secret", "text", PROVIDER,
@@ -521,14 +585,28 @@ OPTIONS: tuple[OptionSpec, ...] = (
                secret=True, env="WOCI_AUTH_CLIENT_SECRET"),
     OptionSpec("--scope", "scope", "text", PROVIDER,
                f"Scopes to ask for. Default: '{DEFAULT_SCOPE}'."),
-    OptionSpec("--redirect-port", "redirect_port", "port", PROVIDER,
-               f"Port of the sign-in callback on 127.0.0.1. Default: {DEFAULT_REDIRECT_PORT}."),
-    OptionSpec("--login-timeout", "login_timeout", "seconds", PROVIDER,
-               f"How long a browser sign-in may take, in seconds. Default: "
-               f"{DEFAULT_LOGIN_TIMEOUT}."),
-    OptionSpec("--non-interactive", "interactive", "flag", PROVIDER,
-               "Never open a browser: when a sign-in is needed, say so and exit 1. Also when "
-               "env CI is true or the INI says interactive = false.", flag_sets=False),
+    OptionSpec("--login-flow", "login_flow", "choice", SIGN_IN,
+               "How to sign in when one is needed. browser: open the provider's page in a "
+               "browser here, which comes back to 127.0.0.1. device: print a code to enter at "
+               "the provider from any device (phone, laptop); for SSH, containers and cloud "
+               "shells. manual: print the sign-in URL for any browser, then read from stdin "
+               "the address that browser ends on, or the code. With no browser here (no "
+               "--browser-command, no $BROWSER, and on Linux no DISPLAY or WAYLAND_DISPLAY) "
+               f"and a terminal on stdin, browser becomes manual. Default: {DEFAULT_LOGIN_FLOW}."),
+    OptionSpec("--browser-command", "browser_command", "text", SIGN_IN,
+               "The program that opens the sign-in page, given the URL as its last argument "
+               "(split like a shell would, run without one; its output goes to stderr), e.g. "
+               "wslview, or a browser with a profile option. Default: $BROWSER, else the "
+               "system's browser."),
+    OptionSpec("--redirect-port", "redirect_port", "ports", SIGN_IN,
+               "Port of the sign-in callback on 127.0.0.1, or a comma-separated list of ports "
+               "registered at the provider: the first free one is used. Default: "
+               f"{DEFAULT_REDIRECT_PORT}."),
+    OptionSpec("--login-timeout", "login_timeout", "seconds", SIGN_IN,
+               f"How long a sign-in may take, in seconds. Default: {DEFAULT_LOGIN_TIMEOUT}."),
+    OptionSpec("--non-interactive", "interactive", "flag", SIGN_IN,
+               "Never sign in: when a sign-in is needed, say so and exit 1. Also when env CI "
+               "is true or the INI says interactive = false.", flag_sets=False),
     OptionSpec("--token-exchange-url", "token_exchange_url", "url", EXCHANGE,
                "OCI's token-exchange endpoint. Default: the token URL."),
     OptionSpec("--client-id", "client_id", "text", EXCHANGE,
@@ -601,14 +679,18 @@ INI_ONLY_KEYS = {
     "encrypt_refresh_token": "bool",
     "revocation_url": "url",
     "refresh_token_storage": "storage",
+    "device_authorization_url": "url",
 }
-VALUE_KINDS = ("text", "url", "port", "seconds", "level")
+VALUE_KINDS = ("text", "url", "ports", "seconds", "level", "choice")
+CHOICES = {"login_flow": LOGIN_FLOWS}
 OPTIONS_BY_FLAG = {name: spec for spec in OPTIONS for name in (spec.flag, spec.alias) if name}
 SETTING_OPTIONS = tuple(spec for spec in OPTIONS if spec.kind in (*VALUE_KINDS, "flag"))
 FLAG_OF_KEY = {spec.key: spec.flag for spec in SETTING_OPTIONS}
 INI_KINDS = {**{spec.key: ("bool" if spec.kind == "flag" else spec.kind)
                 for spec in SETTING_OPTIONS if spec.in_ini}, **INI_ONLY_KEYS}
 REQUIRED_KEYS = ("authz_base_url", "token_url", "auth_client_id", "client_id", "client_secret")
+# With issuer set, discovery gives these; explicit values still win (SPEC 3).
+DISCOVERABLE_KEYS = ("authz_base_url", "token_url")
 SECRET_KEYS = tuple(spec.key for spec in OPTIONS if spec.secret)
 # The OCI options woci reads, by flag: their values also decide oci's command words.
 OCI_PASSTHROUGH_OPTIONS = {spec.flag: spec.key for spec in OPTIONS if spec.kind == "oci"}
@@ -776,7 +858,7 @@ SETTINGS_WITHOUT_DEFAULT = (
 SETTINGS_DEFAULTS = {
     "auth_client_secret": None,
     "scope": DEFAULT_SCOPE,
-    "redirect_port": DEFAULT_REDIRECT_PORT,
+    "redirect_port": DEFAULT_REDIRECT_PORT,   # the first of redirect_ports
     "redirect_path": DEFAULT_REDIRECT_PATH,
     "region": None,           # from the INI: always written to the profile
     "cli_region": None,       # from --region: written only if the profile has none
@@ -792,19 +874,33 @@ SETTINGS_DEFAULTS = {
     "refresh_safety_window": DEFAULT_REFRESH_SAFETY_WINDOW,
     "log_level": DEFAULT_LOG_LEVEL,
     "ca_bundle": None,        # env OCI_CLI_CERT_BUNDLE, as the OCI CLI reads it
+    "issuer": None,
+    "device_authorization_url": None,
+    "login_flow": DEFAULT_LOGIN_FLOW,
+    "browser_command": None,
+    "redirect_ports": (),     # every port registered, in order; () = redirect_port
 }
 
 
 class Settings(collections.namedtuple("Settings",
                                       SETTINGS_WITHOUT_DEFAULT + tuple(SETTINGS_DEFAULTS),
                                       defaults=tuple(SETTINGS_DEFAULTS.values()))):
-    """Everything a run needs to know; made by build_settings(), never changed after."""
+    """Everything a run needs to know; made by build_settings(), never changed after but
+    for the endpoints resolve_endpoints() fills in from discovery (None until then, and only
+    with issuer set)."""
 
     __slots__ = ()
 
     @property
     def redirect_uri(self) -> str:
-        return f"http://127.0.0.1:{self.redirect_port}{self.redirect_path}"
+        return self.redirect_uri_for(self.redirect_port)
+
+    def redirect_uri_for(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}{self.redirect_path}"
+
+    @property
+    def callback_ports(self) -> tuple[int, ...]:
+        return self.redirect_ports or (self.redirect_port,)
 
     @property
     def encryption_wanted(self) -> bool:
@@ -886,16 +982,25 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
         except ValueError as exc:
             raise ConfigError(f"{key} in {where}: {exc}") from exc
     if kind == "url":
-        import urllib.parse
-
-        parts = urllib.parse.urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if not is_http_url(text):
             raise ConfigError(f"{key} in {where} must be an http(s) URL, not {text!r}")
         return text
     if kind == "port":
         if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
             raise ConfigError(f"{key} in {where} must be a port number 1-65535, not {text!r}")
         return int(text)
+    if kind == "ports":
+        items = [item.strip() for item in text.split(",")]
+        if len(items) > 1 and not all(items):
+            raise ConfigError(f"{key} in {where} must be a port number 1-65535 or a "
+                              f"comma-separated list of them, not {text!r}")
+        ports = [_convert(key, "port", item, where) for item in items]
+        return tuple(dict.fromkeys(ports))   # in order, each once
+    if kind == "choice":
+        if text.lower() not in CHOICES[key]:
+            raise ConfigError(f"{key} in {where} must be one of {', '.join(CHOICES[key])}, "
+                              f"not {text!r}")
+        return text.lower()
     if kind == "seconds":
         try:
             seconds = float(text)
@@ -945,12 +1050,23 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
             values[spec.key] = spec.flag_sets if spec.kind == "flag" else \
                 _convert(spec.key, spec.kind, cmd.woci[spec.key], spec.flag)
 
-    missing = [key for key in required if not values.get(key)]
+    discovered = DISCOVERABLE_KEYS if values.get("issuer") else ()
+    missing = [key for key in required if not values.get(key) and key not in discovered]
     if missing:
         where = manager_path or "~/.oci/woci_manager.ini"
         flags = ", ".join(f"{key} ({FLAG_OF_KEY[key]})" for key in missing)
-        raise ConfigError(f"missing settings: {flags}; set them in [{profile}] or "
+        instead = (" (or issuer, which gives both through discovery)"
+                   if set(DISCOVERABLE_KEYS) & set(missing) else "")
+        raise ConfigError(f"missing settings: {flags}; set them{instead} in [{profile}] or "
                           f"[{COMMON_SECTION}] of {where}, or pass the flags")
+    if (values.get("login_flow") == "device" and not values.get("device_authorization_url")
+            and not values.get("issuer")):
+        raise ConfigError(f"login_flow = device needs device_authorization_url (or issuer, "
+                          f"whose discovery gives it); set it in [{profile}] or "
+                          f"[{COMMON_SECTION}] of {manager_path or '~/.oci/woci_manager.ini'}")
+    ports = values.pop("redirect_port", None)
+    if ports:
+        values["redirect_port"], values["redirect_ports"] = ports[0], ports
     redirect_path = str(values.get("redirect_path", DEFAULT_REDIRECT_PATH))
     if not redirect_path.startswith("/"):
         raise ConfigError(f"redirect_path in {ini_where} must start with '/', "
@@ -958,8 +1074,10 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
     # Any source saying "not interactive" wins: an INI saying true must not make CI wait.
     interactive = bool(values.pop("interactive", True)) and not env_flag_is_true(
         environ.get("CI"))
+    for key in discovered:
+        values.setdefault(key, None)   # resolve_endpoints fills them in
     for key in REQUIRED_KEYS:
-        values.setdefault(key, "")
+        values.setdefault(key, "")     # only the session tools (required=()) get here
     values.setdefault("token_exchange_url", values["token_url"])
     fields = set(Settings._fields)
     return Settings(
@@ -1063,6 +1181,7 @@ class SessionPaths(collections.namedtuple("SessionPaths", "folder")):
     refresh_token = property(lambda self: self.folder / REFRESH_TOKEN_FILE)
     keyring_marker = property(lambda self: self.folder / KEYRING_MARKER_FILE)
     lock = property(lambda self: self.folder / LOCK_FILE)
+    discovery = property(lambda self: self.folder / DISCOVERY_FILE)
     pid = property(lambda self: self.folder / PID_FILE)
     daemon_state = property(lambda self: self.folder / DAEMON_STATE_FILE)
     daemon_log = property(lambda self: self.folder / DAEMON_LOG_FILE)
@@ -2121,18 +2240,10 @@ def _parse_oauth_answer(response, url: str, what: str, skew: float | None,
     return document
 
 
-def post_form(url: str, form: Mapping[str, str], what: str,
-              basic: tuple[str, str] | None = None,
-              now: Callable[[], float] = time.time,
-              sleep: Callable[[float], None] = time.sleep,
-              jitter: Callable[[], float] | None = None,
-              ca_bundle: str | None = None, any_success: bool = False) -> dict:
-    """POST a form and return the JSON answer, retrying what a retry can fix.
-
-    Timeouts, refused connections, 429 and 5xx are retried with exponential backoff and
-    jitter (honouring Retry-After). An OAuth error object raises OAuthError; anything else
-    that is not JSON raises HttpError naming the endpoint.
-    """
+def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
+               basic: tuple[str, str] | None, now: Callable[[], float],
+               sleep: Callable[[float], None], jitter: Callable[[], float] | None,
+               ca_bundle: str | None, any_success: bool = False) -> dict:
     import random
 
     import requests
@@ -2148,9 +2259,9 @@ def post_form(url: str, form: Mapping[str, str], what: str,
             log().info("retrying %s (%s)", what, last_problem)
         try:
             with requests.Session() as session:
-                response = session.post(
-                    url, data=dict(form), timeout=HTTP_TIMEOUT,
-                    headers={"Accept": "application/json"},
+                response = session.request(
+                    method, url, data=dict(form) if form is not None else None,
+                    timeout=HTTP_TIMEOUT, headers={"Accept": "application/json"},
                     auth=basic if basic else _no_netrc, allow_redirects=False, **tls)
         except requests.exceptions.SSLError as exc:
             raise HttpError(f"TLS failure talking to the {what} at {url}: "
@@ -2173,6 +2284,31 @@ def post_form(url: str, form: Mapping[str, str], what: str,
                     f"{last_problem}; try again later" + clock_skew_note(skew, "the server"))
 
 
+def post_form(url: str, form: Mapping[str, str], what: str,
+              basic: tuple[str, str] | None = None,
+              now: Callable[[], float] = time.time,
+              sleep: Callable[[float], None] = time.sleep,
+              jitter: Callable[[], float] | None = None,
+              ca_bundle: str | None = None, any_success: bool = False) -> dict:
+    """POST a form and return the JSON answer, retrying what a retry can fix.
+
+    Timeouts, refused connections, 429 and 5xx are retried with exponential backoff and
+    jitter (honouring Retry-After). An OAuth error object raises OAuthError; anything else
+    that is not JSON raises HttpError naming the endpoint.
+    """
+    return _call_json("POST", url, what, form, basic, now, sleep, jitter, ca_bundle,
+                      any_success)
+
+
+def get_json(url: str, what: str,
+             now: Callable[[], float] = time.time,
+             sleep: Callable[[float], None] = time.sleep,
+             jitter: Callable[[], float] | None = None,
+             ca_bundle: str | None = None) -> dict:
+    """GET a JSON document (discovery), with post_form's timeouts, retries and TLS rules."""
+    return _call_json("GET", url, what, None, None, now, sleep, jitter, ca_bundle)
+
+
 def _client_auth(settings: Settings) -> tuple[str, str] | None:
     if settings.auth_client_secret:
         return settings.auth_client_id, settings.auth_client_secret
@@ -2187,10 +2323,12 @@ def _token_response(document: dict, url: str) -> TokenResponse:
     return TokenResponse(access_token, refresh if isinstance(refresh, str) and refresh else None)
 
 
-def redeem_code(settings: Settings, code: str, verifier: str) -> TokenResponse:
+def redeem_code(settings: Settings, code: str, verifier: str,
+                redirect_uri: str | None = None) -> TokenResponse:
+    """The code grant; redirect_uri is the one the authorization request carried."""
     form = {"grant_type": "authorization_code", "code": code,
-            "redirect_uri": settings.redirect_uri, "client_id": settings.auth_client_id,
-            "code_verifier": verifier}
+            "redirect_uri": redirect_uri or settings.redirect_uri,
+            "client_id": settings.auth_client_id, "code_verifier": verifier}
     try:
         document = post_form(settings.token_url, form, "token endpoint", _client_auth(settings),
                              ca_bundle=settings.ca_bundle)
@@ -2213,10 +2351,146 @@ def refresh_grant(settings: Settings, refresh_token: str) -> TokenResponse:
     return _token_response(document, settings.token_url)
 
 
-def revocation_endpoint(settings: Settings) -> str | None:
-    """Where --logout revokes the refresh token: the INI's revocation_url. The one place a
-    discovered revocation_endpoint (SPEC 10) fills in when the INI does not set one."""
-    return settings.revocation_url or None
+# --- discovery -------------------------------------------------------------------------------
+
+# Settings field and the discovery document's name for it. A field Settings lacks is skipped.
+DISCOVERED_ENDPOINTS = (("authz_base_url", "authorization_endpoint"),
+                        ("token_url", "token_endpoint"),
+                        ("device_authorization_url", "device_authorization_endpoint"),
+                        ("revocation_url", "revocation_endpoint"))
+
+
+def discovery_url(issuer: str) -> str:
+    # OpenID Connect Discovery 1.0, section 4: a terminating "/" is removed before appending.
+    return issuer.rstrip("/") + DISCOVERY_PATH
+
+
+def discovery_endpoints(document: object, issuer: str, url: str) -> dict[str, str]:
+    """The endpoints a discovery document names; DiscoveryError unless it is the issuer's own
+    (section 4.3: its issuer must be exactly the one configured)."""
+    if not isinstance(document, dict):
+        raise DiscoveryError(f"the discovery document at {url} is not a JSON object")
+    said = document.get("issuer")
+    if said != issuer:
+        who = f"is for issuer {shown(said)}" if said is not None else "names no issuer"
+        raise DiscoveryError(f"the discovery document at {url} {who}, not the configured "
+                             f"{issuer!r}; set issuer to exactly the provider's issuer")
+    endpoints = {}
+    for _, name in DISCOVERED_ENDPOINTS:
+        value = document.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not is_http_url(value):
+            raise DiscoveryError(f"the discovery document at {url} names an unusable {name} "
+                                 f"({shown(value)}): not an http(s) URL")
+        endpoints[name] = value
+    return endpoints
+
+
+class CachedDiscovery(collections.namedtuple("CachedDiscovery", "endpoints age")):
+    """The endpoints kept from a discovery document, and how old the copy is."""
+
+    __slots__ = ()
+
+
+def read_discovery_cache(path: Path, issuer: str, now: float) -> CachedDiscovery | None:
+    """The endpoints kept for issuer and their age; None when there is no usable copy (none,
+    another issuer's, damaged, or dated in the future): it is only a copy."""
+    try:
+        raw = read_file_if_present(path)
+        document = json.loads(raw) if raw is not None else None
+    except (StorageError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("issuer") != issuer:
+        return None
+    fetched, endpoints = document.get("fetched_at"), document.get("endpoints")
+    if (not isinstance(fetched, (int, float)) or isinstance(fetched, bool)
+            or not isinstance(endpoints, dict) or fetched != fetched):
+        return None
+    if not all(isinstance(value, str) and is_http_url(value) for value in endpoints.values()):
+        return None
+    age = now - fetched
+    if age < -CLOCK_SKEW_TOLERANCE_SECONDS:
+        return None
+    return CachedDiscovery(endpoints, max(0.0, age))
+
+
+def write_discovery_cache(path: Path, issuer: str, endpoints: Mapping[str, str],
+                          now: float) -> None:
+    document = {"issuer": issuer, "fetched_at": now, "endpoints": dict(endpoints)}
+    ensure_private_folder(path.parent)
+    atomic_write(path, json.dumps(document, indent=2).encode("utf-8"))
+
+
+def discover(settings: Settings, path: Path, now: Callable[[], float] = time.time,
+             fetch: Callable[..., dict] = get_json) -> dict[str, str]:
+    """The issuer's endpoints: the copy in path while it is less than a day old, else the
+    document fetched now (and kept); when fetching fails, a copy up to a week old, with a
+    warning."""
+    issuer = settings.issuer
+    assert issuer is not None
+    cached = read_discovery_cache(path, issuer, now())
+    if cached is not None and cached.age < DISCOVERY_FRESH_SECONDS:
+        return cached.endpoints
+    url = discovery_url(issuer)
+    try:
+        document = fetch(url, "discovery document", ca_bundle=settings.ca_bundle)
+    except (HttpError, OAuthError) as exc:
+        if cached is not None and cached.age < DISCOVERY_STALE_MAX_SECONDS:
+            log().warning("using the copy of the discovery document from %s ago, as reading it "
+                        "failed: %s", format_duration(cached.age), exc)
+            return cached.endpoints
+        old = (f" (the copy in {path} is {format_duration(cached.age)} old, too old to use)"
+               if cached is not None else "")
+        raise DiscoveryError(f"{exc}{old}") from exc
+    endpoints = discovery_endpoints(document, issuer, url)
+    try:
+        write_discovery_cache(path, issuer, endpoints, now())
+    except StorageError as exc:
+        log().warning("cannot keep a copy of the discovery document: %s", exc)
+    return endpoints
+
+
+def endpoints_needed(settings: Settings, signing_in: bool) -> tuple[str, ...]:
+    """The endpoint settings a renewal uses: the token endpoint, and the sign-in flow's."""
+    if not signing_in:
+        return ("token_url",)
+    return ("token_url", "device_authorization_url" if settings.login_flow == "device"
+            else "authz_base_url")
+
+
+def resolve_endpoints(settings: Settings, discovery_cache: Path, signing_in: bool = True,
+                      **seams) -> Settings:
+    """The settings with every endpoint a renewal needs: explicit ones as they are, the others
+    from discovery, read only when issuer is set and one of them is missing."""
+    needed = endpoints_needed(settings, signing_in)
+    if settings.issuer and not all(getattr(settings, field) for field in needed):
+        endpoints = discover(settings, discovery_cache, **seams)
+        fields = set(Settings._fields)
+        settings = settings._replace(**{
+            field: endpoints[name] for field, name in DISCOVERED_ENDPOINTS
+            if field in fields and not getattr(settings, field) and name in endpoints})
+        for field, name in DISCOVERED_ENDPOINTS:
+            if field in needed and not getattr(settings, field):
+                why = (" (the provider, or this client, may not offer the device flow)"
+                       if field == "device_authorization_url" else "")
+                raise ConfigError(f"the discovery document at {discovery_url(settings.issuer)} "
+                                  f"names no {name}{why}; set {field} in the manager INI")
+    if not settings.token_exchange_url:
+        settings = settings._replace(token_exchange_url=settings.token_url)
+    return settings
+
+
+def revocation_endpoint(settings: Settings, discovery_cache: Path | None = None) -> str | None:
+    """Where --logout revokes the refresh token: the INI's revocation_url, else the issuer's
+    revocation_endpoint from discovery (a failed discovery is a warning: None)."""
+    if settings.revocation_url or not settings.issuer or discovery_cache is None:
+        return settings.revocation_url or None
+    try:
+        return discover(settings, discovery_cache).get("revocation_endpoint")
+    except WociError as exc:
+        log().warning("%s", exc)
+        return None
 
 
 def revoke_refresh_token(settings: Settings, url: str, refresh_token: str) -> None:
@@ -2270,6 +2544,13 @@ def probe_endpoint(url: str, ca_bundle: str | None = None,
 
 class CallbackResult(collections.namedtuple("CallbackResult", "code error")):
     """The sign-in's answer at the callback: a code, or what went wrong."""
+
+    __slots__ = ()
+
+
+class AuthCode(collections.namedtuple("AuthCode", "code verifier redirect_uri")):
+    """What a browser or manual sign-in yields: the code, the PKCE verifier, and the
+    redirect_uri the authorization request carried (the code grant must repeat it)."""
 
     __slots__ = ()
 
@@ -2386,8 +2667,9 @@ def open_callback_server(port: int, path: str, state: str):
         return CallbackServer(("127.0.0.1", port), CallbackHandler)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise AuthError(f"port {port} on 127.0.0.1 is in use, so the sign-in callback cannot "
-                            "listen there; close what uses it or set redirect_port") from exc
+            raise CallbackPortBusy(f"port {port} on 127.0.0.1 is in use, so the sign-in callback "
+                                   "cannot listen there; close what uses it or set "
+                                   "redirect_port") from exc
         raise AuthError(f"cannot listen on 127.0.0.1:{port} for the sign-in callback: "
                         f"{exc.strerror}") from exc
 
@@ -2407,8 +2689,40 @@ def wait_for_callback(server, timeout: float) -> CallbackResult:
     return server.result
 
 
-def launch_browser(url: str) -> bool:
-    """Open the URL from a helper process whose stdout is our stderr.
+def open_first_free_callback_server(ports: tuple[int, ...], path: str, state: str):
+    """The callback server on the first of ports that is free, and that port."""
+    busy = []
+    for port in ports:
+        try:
+            return open_callback_server(port, path, state), port
+        except CallbackPortBusy:
+            if len(ports) == 1:
+                raise
+            log().info("port %d on 127.0.0.1 is in use; trying the next one", port)
+            busy.append(port)
+    raise CallbackPortBusy(f"ports {', '.join(map(str, busy))} on 127.0.0.1 are all in use, so "
+                           "the sign-in callback cannot listen on any of them; close what uses "
+                           "them, or add another port registered at the provider to "
+                           "redirect_port")
+
+
+def browser_command_argv(command: str) -> list[str]:
+    """browser_command split as a shell would split it (no shell runs it)."""
+    import shlex  # deferred: only a sign-in with a browser_command needs it
+
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError(f"browser_command {command!r} cannot be split into words: "
+                          f"{exc}") from exc
+    if not argv:
+        raise ConfigError("browser_command is empty")
+    return argv
+
+
+def launch_browser(url: str, command: list[str] | None = None) -> bool:
+    """Open the URL from a helper process whose stdout is our stderr: command (browser_command)
+    with the URL as its last argument, else Python's webbrowser, which honours $BROWSER.
 
     stdout belongs to oci (kubectl parses it), and browser launchers print; some also wait
     for the browser to exit. A separate process keeps both away from woci, which may exec oci
@@ -2417,29 +2731,44 @@ def launch_browser(url: str) -> bool:
     code = "import sys, webbrowser; sys.exit(0 if webbrowser.open(sys.argv[1]) else 1)"
     import subprocess
 
+    argv = [*command, url] if command else [sys.executable, "-c", code, url]
     try:
-        subprocess.Popen([sys.executable, "-c", code, url], stdin=subprocess.DEVNULL,
-                         stdout=sys.stderr.fileno(), start_new_session=True)
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                         start_new_session=True)
     except OSError as exc:
-        log().warning("cannot start a browser: %s", exc.strerror)
+        what = f"browser_command {command[0]}" if command else "a browser"
+        log().warning("cannot start %s: %s; open the URL above yourself", what,
+                    exc.strerror or one_line(exc))
         return False
     return True
 
 
-def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] = launch_browser
-                    ) -> tuple[str, str]:
-    """Authorization Code + PKCE in the browser: the authorization code and the verifier."""
-    import secrets
-
-    verifier, challenge = pkce_pair()
-    state = secrets.token_urlsafe(32)
+def authorization_url(settings: Settings, redirect_uri: str, state: str, challenge: str) -> str:
     params = {"response_type": "code", "client_id": settings.auth_client_id,
-              "redirect_uri": settings.redirect_uri, "scope": settings.scope, "state": state,
+              "redirect_uri": redirect_uri, "scope": settings.scope, "state": state,
               "code_challenge": challenge, "code_challenge_method": "S256"}
     if settings.prompt:
         params["prompt"] = settings.prompt
-    url = add_query(settings.authz_base_url, params)
-    server = open_callback_server(settings.redirect_port, settings.redirect_path, state)
+    assert settings.authz_base_url is not None   # resolve_endpoints saw to it
+    return add_query(settings.authz_base_url, params)
+
+
+def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] | None = None
+                    ) -> AuthCode:
+    """Authorization Code + PKCE in the browser, the callback on the first free port of
+    redirect_port. open_browser defaults to browser_command, else Python's webbrowser."""
+    import secrets
+
+    if open_browser is None:
+        command = browser_command_argv(settings.browser_command) \
+            if settings.browser_command else None
+        open_browser = lambda url: launch_browser(url, command)  # noqa: E731
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(32)
+    server, port = open_first_free_callback_server(settings.callback_ports,
+                                                   settings.redirect_path, state)
+    redirect_uri = settings.redirect_uri_for(port)
+    url = authorization_url(settings, redirect_uri, state, challenge)
     try:
         print(f"woci: sign in for OCI profile {settings.profile} in your browser. If no browser "
               f"opens, visit:\n\n    {url}\n", file=sys.stderr, flush=True)
@@ -2451,7 +2780,240 @@ def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] = la
     if result.error:
         raise AuthError(result.error)
     assert result.code is not None
-    return result.code, verifier
+    return AuthCode(result.code, verifier, redirect_uri)
+
+
+def no_browser_here(settings: Settings, environ: Mapping[str, str],
+                    platform: str = sys.platform) -> bool:
+    """Plainly no browser to open: no browser_command, no $BROWSER, and on Linux no display
+    (an SSH session, a container). Elsewhere the system opener is trusted."""
+    return (not settings.browser_command and not environ.get("BROWSER")
+            and platform.startswith("linux")
+            and not environ.get("DISPLAY") and not environ.get("WAYLAND_DISPLAY"))
+
+
+# --- the pasted sign-in (login_flow = manual) ------------------------------------------------
+
+
+def read_pasted_line(timeout: float) -> str | None:
+    """One line from stdin (a terminal or a pipe), without its newline; None at end of input,
+    TimeoutError after timeout seconds. Read a byte at a time, so whatever follows the line
+    is left for oci."""
+    import select
+
+    try:
+        fd = sys.stdin.fileno() if sys.stdin is not None else -1
+    except (OSError, ValueError):   # closed, or not a real file
+        fd = -1
+    if fd < 0:
+        return None
+    deadline = time.monotonic() + timeout
+    data = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            ready, _, _ = select.select([fd], [], [], remaining)
+            chunk = os.read(fd, 1) if ready else None
+        except (OSError, ValueError):   # a terminal that went away
+            return None
+        if chunk is None:
+            continue
+        if chunk in (b"", b"\n"):
+            return data.decode("utf-8", "replace") if data or chunk else None
+        data += chunk
+        if len(data) > PASTED_LINE_MAX_BYTES:
+            raise AuthError(f"the pasted line is longer than {PASTED_LINE_MAX_BYTES} bytes; "
+                            "paste only the address the browser was sent to, or the code")
+
+
+PASTED_WRONG_STATE = ("the pasted address carries a wrong or missing state, so it is not the "
+                      "answer to this sign-in (an older tab?); its code was not used and "
+                      "nothing was saved; run woci again and paste the address the browser "
+                      "ends on")
+
+
+def parse_pasted_answer(text: str, expected_state: str) -> CallbackResult:
+    """What a pasted line means: the address the browser was sent to (its state checked, as
+    the callback checks it), or the bare authorization code."""
+    import urllib.parse
+
+    text = text.strip().strip("\"'<>").strip()
+    if "://" in text or text.startswith("/"):
+        parts = urllib.parse.urlsplit(text)
+        query = parts.query or parts.fragment
+    elif text.startswith("?") or "=" in text:
+        query = text.lstrip("?")
+    else:
+        code = urllib.parse.unquote(text)
+        if not code or not code.isprintable() or any(ch.isspace() for ch in code):
+            return CallbackResult(None, "what was pasted is neither the address the browser "
+                                        "was sent to nor an authorization code; run woci again")
+        return CallbackResult(code, None)
+    result = evaluate_callback(urllib.parse.parse_qs(query, keep_blank_values=True),
+                               expected_state)
+    return result if result is not None else CallbackResult(None, PASTED_WRONG_STATE)
+
+
+def manual_sign_in(settings: Settings,
+                   read_line: Callable[[float], str | None] = read_pasted_line,
+                   now: Callable[[], float] = time.monotonic) -> AuthCode:
+    """Authorization Code + PKCE with the browser anywhere: the URL on stderr, then one line
+    on stdin, the address the browser ended on (nothing listens there) or the bare code."""
+    import secrets
+
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(32)
+    redirect_uri = settings.redirect_uri   # nothing listens on it: the first registered port
+    url = authorization_url(settings, redirect_uri, state, challenge)
+    print(f"woci: sign in for OCI profile {settings.profile}: open this URL in a browser on any "
+          f"machine:\n\n    {url}\n\nAfter you sign in, the browser is sent to {redirect_uri}?..."
+          ", a page that will not load. Copy that whole address from the address bar (or just "
+          "its code value) and paste it here:", file=sys.stderr, flush=True)
+    deadline = now() + settings.login_timeout
+    line = ""
+    while not line.strip():
+        try:
+            pasted = read_line(max(0.0, deadline - now()))
+        except TimeoutError:
+            raise AuthError(f"sign-in timed out after {format_duration(settings.login_timeout)} "
+                            "waiting for the address to be pasted; run woci again (or raise "
+                            "login_timeout)") from None
+        if pasted is None:
+            raise AuthError("stdin ended before the sign-in answer was pasted; paste the "
+                            "address the browser was sent to (or the code) on stdin")
+        line = pasted
+    result = parse_pasted_answer(line, state)
+    if result.error:
+        raise AuthError(result.error)
+    assert result.code is not None
+    return AuthCode(result.code, verifier, redirect_uri)
+
+
+# --- the device flow (RFC 8628) --------------------------------------------------------------
+
+
+class DeviceAuthorization(collections.namedtuple(
+        "DeviceAuthorization", ("device_code user_code verification_uri "
+                                "verification_uri_complete expires_in interval"))):
+    """A device authorization answer (RFC 8628 section 3.2), checked and with defaults."""
+
+    __slots__ = ()
+
+
+def _seconds_or(value: object, default: float) -> float:
+    """A positive, plausible number of seconds from a server, else default."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e7
+    return float(value) if ok else default   # type: ignore[arg-type]
+
+
+def _fit_for_terminal(value: object) -> bool:
+    """Printable on one line as it is: no control characters (a server's escape sequences
+    must not reach the user's terminal), no white space."""
+    return (isinstance(value, str) and 0 < len(value) <= 2048 and value.isprintable()
+            and not any(ch.isspace() for ch in value))
+
+
+def parse_device_authorization(document: dict, url: str, default_expiry: float
+                               ) -> DeviceAuthorization:
+    unusable = f"the device authorization endpoint at {url} answered without a usable"
+    device_code = document.get("device_code")
+    if not isinstance(device_code, str) or not device_code:
+        raise AuthError(f"{unusable} device_code")
+    user_code = document.get("user_code")
+    if not _fit_for_terminal(user_code):
+        raise AuthError(f"{unusable} user_code")
+    # verification_url: the name in drafts of RFC 8628, still sent by some providers.
+    uri = document.get("verification_uri") or document.get("verification_url")
+    if not (_fit_for_terminal(uri) and is_http_url(uri)):   # type: ignore[arg-type]
+        raise AuthError(f"{unusable} verification_uri")
+    complete = document.get("verification_uri_complete")
+    if not (_fit_for_terminal(complete) and is_http_url(complete)):   # type: ignore[arg-type]
+        complete = None
+    return DeviceAuthorization(device_code, user_code, uri, complete,  # type: ignore[arg-type]
+                               _seconds_or(document.get("expires_in"), default_expiry),
+                               min(DEVICE_MAX_INTERVAL_SECONDS,
+                                   _seconds_or(document.get("interval"),
+                                               DEVICE_DEFAULT_INTERVAL_SECONDS)))
+
+
+def _device_grant_hint(settings: Settings, exc: OAuthError) -> str:
+    if exc.error in ("unauthorized_client", "unsupported_grant_type", "invalid_client"):
+        return (f" (is the device authorization grant enabled for client "
+                f"{settings.auth_client_id} at the provider?)")
+    return ""
+
+
+def request_device_authorization(settings: Settings) -> DeviceAuthorization:
+    url = settings.device_authorization_url
+    assert url is not None   # build_settings or resolve_endpoints saw to it
+    try:
+        document = post_form(url, {"client_id": settings.auth_client_id,
+                                   "scope": settings.scope},
+                             "device authorization endpoint", _client_auth(settings),
+                             ca_bundle=settings.ca_bundle)
+    except OAuthError as exc:
+        raise AuthError(f"the device sign-in could not start: {exc}"
+                        f"{_device_grant_hint(settings, exc)}") from exc
+    return parse_device_authorization(document, url, settings.login_timeout)
+
+
+def show_device_code(settings: Settings, device: DeviceAuthorization, wait: float) -> None:
+    lines = [f"woci: to sign in for OCI profile {settings.profile}, open this page in a browser "
+             "on any device:", "", f"    {device.verification_uri}", "",
+             f"and enter the code: {device.user_code}", ""]
+    if device.verification_uri_complete:
+        lines += ["Or open this link, which fills in the code:", "",
+                  f"    {device.verification_uri_complete}", ""]
+    lines.append(f"woci: waiting for the sign-in (at most {format_duration(wait)})...")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def device_sign_in(settings: Settings, now: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> TokenResponse:
+    """RFC 8628: the user code and where to enter it on stderr, then the token endpoint
+    polled every interval (5 s more after each slow_down) until the sign-in is approved,
+    denied, or its code expires; bounded by login_timeout. No browser is opened here."""
+    device = request_device_authorization(settings)
+    token_url = settings.token_url
+    assert token_url is not None   # resolve_endpoints saw to it
+    started = now()
+    expires_at = started + device.expires_in
+    deadline = min(expires_at, started + settings.login_timeout)
+    show_device_code(settings, device, deadline - started)
+    form = {"grant_type": DEVICE_CODE_GRANT, "device_code": device.device_code,
+            "client_id": settings.auth_client_id}
+    expired = AuthError("the code expired before the sign-in was approved at the provider; "
+                        "run woci again")
+    interval = device.interval
+    while True:
+        if now() + interval > deadline:   # the next poll would come too late
+            if deadline >= expires_at:
+                raise expired
+            raise AuthError(f"sign-in timed out after {format_duration(settings.login_timeout)} "
+                            "waiting for the sign-in to be approved at the provider; run woci "
+                            "again (or raise login_timeout)")
+        sleep(interval)
+        try:
+            document = post_form(token_url, form, "token endpoint", _client_auth(settings),
+                                 ca_bundle=settings.ca_bundle)
+        except OAuthError as exc:
+            if exc.error == "authorization_pending":
+                continue
+            if exc.error == "slow_down":
+                interval += DEVICE_SLOW_DOWN_SECONDS
+                log().info("the provider asked to poll more slowly: every %s now",
+                         format_duration(interval))
+                continue
+            if exc.error == "access_denied":
+                raise AuthError("the sign-in was denied at the provider (access_denied); "
+                                "nothing was saved") from exc
+            if exc.error == "expired_token":
+                raise expired from exc
+            raise AuthError(f"sign-in failed: {exc}{_device_grant_hint(settings, exc)}"
+                            ) from exc
+        return _token_response(document, token_url)
 
 
 # --------------------------------------------------------------------------------------------
@@ -2569,14 +3131,16 @@ class Renewal(enum.Enum):
 
 
 class Session(collections.namedtuple(
-        "Session", "settings environ paths refresh_tokens can_sign_in open_browser now",
-        defaults=(launch_browser, time.time))):
+        "Session", ("settings environ paths refresh_tokens can_sign_in open_browser now "
+                    "stdin_is_tty read_line"),
+        defaults=(None, time.time, stdin_is_terminal, read_pasted_line))):
     """One profile's session and what may be done to renew it.
 
     can_sign_in is decided once, by whoever opens the session: false when the settings say
     nobody is there (--non-interactive, CI) and in the background (the daemon, the
-    auto-refresh thread), where nobody could answer a browser. open_browser and now are the
-    seams tests replace.
+    auto-refresh thread), where nobody could answer a browser. open_browser (None:
+    browser_command or Python's webbrowser), now, stdin_is_tty and read_line are the seams
+    tests replace.
     """
 
     __slots__ = ()
@@ -2601,9 +3165,9 @@ class Session(collections.namedtuple(
 
 
 def sign_in_hint(settings: Settings) -> str:
-    return (f"a browser sign-in is needed for OCI profile {settings.profile} and nobody can "
-            f"answer it here; run `woci --profile {settings.profile} session authenticate` in a "
-            "terminal with a browser, then try again")
+    return (f"a sign-in is needed for OCI profile {settings.profile} and nobody can answer it "
+            f"here; run `woci --profile {settings.profile} session authenticate` in a terminal "
+            "(add --login-flow device where no browser can reach this machine), then try again")
 
 
 def _profile_points_here(session: Session) -> bool:
@@ -2670,11 +3234,30 @@ def _refresh(session: Session) -> TokenResponse | None:
     return tokens
 
 
+def login_flow_here(session: Session) -> str:
+    """The configured login_flow, but manual for browser when there is plainly no browser
+    here and someone at a terminal can paste the answer."""
+    settings = session.settings
+    if (settings.login_flow == "browser" and session.stdin_is_tty()
+            and no_browser_here(settings, session.environ)):
+        print("woci: no browser here (no browser_command, no $BROWSER, no DISPLAY or "
+              "WAYLAND_DISPLAY), so signing in with login_flow = manual; set login_flow = "
+              "device, or browser_command, to choose", file=sys.stderr)
+        return "manual"
+    return settings.login_flow
+
+
 def _sign_in(session: Session) -> TokenResponse:
     if not session.can_sign_in:
         raise SignInNeeded(sign_in_hint(session.settings))
-    code, verifier = browser_sign_in(session.settings, session.open_browser)
-    tokens = redeem_code(session.settings, code, verifier)
+    settings = session.settings
+    flow = login_flow_here(session)
+    if flow == "device":
+        tokens = device_sign_in(settings)
+    else:
+        grant = (manual_sign_in(settings, session.read_line) if flow == "manual"
+                 else browser_sign_in(settings, session.open_browser))
+        tokens = redeem_code(settings, grant.code, grant.verifier, grant.redirect_uri)
     if tokens.refresh_token:
         session.refresh_tokens.save(tokens.refresh_token)
     else:
@@ -2716,13 +3299,15 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
     2. Nobody can sign in and no refresh token is stored: SignInNeeded at once, without
        waiting for a lock another woci may hold for its own sign-in.
     3. Take the profile lock and look again: another woci may have renewed it meanwhile.
-    4. Move the refresh token between file and keyring if refresh_token_storage changed;
-       make sure a new refresh token could be stored (the passphrase, if one is configured)
-       before any grant spends the old one.
+    4. Move the refresh token between file and keyring if refresh_token_storage changed.
+       With issuer set and an endpoint missing, read the provider's discovery document (the
+       copy kept in the session folder while it is fresh). Make sure a new refresh token
+       could be stored (the passphrase, if one is configured) before any grant spends the
+       old one.
     5. A refresh token is stored: refresh grant (a refused token is re-read once: another
        process may have rotated it), the rotated token saved at once.
-    6. Otherwise, or when the provider refused it: a browser sign-in, or SignInNeeded when
-       nobody can answer one.
+    6. Otherwise, or when the provider refused it: a sign-in by login_flow (browser, device
+       code, or pasted answer), or SignInNeeded when nobody can answer one.
     7. Exchange the access token for a UPST, write key, token and profile.
     """
     settings, paths = session.settings, session.paths
@@ -2742,6 +3327,8 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
         # An OCI config woci could not update must stop it before a refresh or a sign-in.
         _, config = read_oci_config(settings.oci_config_file)
         session.refresh_tokens.settle()   # file <-> keyring, as refresh_token_storage says
+        session = session._replace(settings=resolve_endpoints(
+            settings, paths.discovery, signing_in=session.can_sign_in))
         _prepare_refresh_token_storage(session)
         tokens = None if renewal is Renewal.SIGN_IN else _refresh(session)
         if tokens is None:
@@ -3382,9 +3969,9 @@ def _stored_refresh_token_values(settings: Settings, paths: SessionPaths,
     return tokens
 
 
-def revoke_at_provider(settings: Settings, tokens: list[str]) -> bool:
+def revoke_at_provider(settings: Settings, paths: SessionPaths, tokens: list[str]) -> bool:
     """Revoke each token (RFC 7009); False, after a warning, when any could not be."""
-    url = revocation_endpoint(settings)
+    url = revocation_endpoint(settings, paths.discovery)
     if url is None:
         log().warning("no revocation_url is configured, so the refresh token was not revoked at "
                     "the provider: it stays valid there until it expires")
@@ -3441,6 +4028,8 @@ def logout(settings: Settings, environ: Mapping[str, str],
     refresh token revoked, the files, keyring item and OKE cache deleted, the profile's
     session keys removed. A revocation that cannot be made is a warning, never a stop.
     """
+    import configparser
+
     profile, paths = settings.profile, SessionPaths.for_profile(settings.profile, environ)
     done = []
     if paths.folder.is_dir():
@@ -3448,7 +4037,7 @@ def logout(settings: Settings, environ: Mapping[str, str],
             done.append(f"stopped the daemon (pid {stop(paths, profile)})")
         with ProfileLock(paths.lock, settings.login_timeout + LOCK_GRACE_SECONDS, profile):
             tokens = _stored_refresh_token_values(settings, paths, environ)
-            if tokens and revoke_at_provider(settings, tokens):
+            if tokens and revoke_at_provider(settings, paths, tokens):
                 done.append("revoked the refresh token at the provider")
             try:
                 _, config = read_oci_config(settings.oci_config_file)
@@ -3505,14 +4094,19 @@ class DoctorContext(collections.namedtuple("DoctorContext", (
             path, ini = load_manager_ini(candidates, explicit)
         except ConfigError as exc:
             path, ini, manager_problem = None, None, str(exc)
+        paths = SessionPaths.for_profile(profile, environ)
         settings, settings_problem = None, None
         try:
             settings = build_settings(cmd, environ, ini, path, required=())
         except ConfigError as exc:
             settings_problem = str(exc)
-        return cls(cmd, environ, profile, SessionPaths.for_profile(profile, environ),
-                   oci_config, candidates, path, ini, manager_problem, settings,
-                   settings_problem, {})
+        if settings is not None and settings.issuer:
+            try:
+                settings = resolve_endpoints(settings, paths.discovery)
+            except WociError:
+                pass   # check_discovery says why
+        return cls(cmd, environ, profile, paths, oci_config, candidates, path, ini,
+                   manager_problem, settings, settings_problem, {})
 
     def probe(self, url: str) -> Probe:
         if url not in self.probes:
@@ -3555,8 +4149,16 @@ def check_settings(ctx: DoctorContext) -> list[Check]:
 
 
 def check_discovery(ctx: DoctorContext) -> Check:
-    """The place for OIDC discovery (SPEC 10) once `issuer` exists."""
-    return Check(OK, "discovery: no issuer configured (the endpoints are set one by one)")
+    settings = ctx.settings
+    if settings is None or not settings.issuer:
+        return Check(OK, "discovery: no issuer configured (the endpoints are set one by one)")
+    try:
+        endpoints = discover(settings, ctx.paths.discovery)
+    except WociError as exc:
+        return Check(FAIL, f"discovery: {exc}; check issuer (it must be exactly the "
+                           "provider's) and the network")
+    return Check(OK, f"discovery: {discovery_url(settings.issuer)} names "
+                     f"{', '.join(sorted(endpoints)) or 'no endpoint woci uses'}")
 
 
 def _endpoint_check(ctx: DoctorContext, what: str, key: str, url: str | None) -> Check:
@@ -3588,7 +4190,7 @@ def check_exchange_endpoint(ctx: DoctorContext) -> Check:
 
 
 def check_revocation_endpoint(ctx: DoctorContext) -> Check:
-    url = revocation_endpoint(ctx.settings) if ctx.settings else None
+    url = revocation_endpoint(ctx.settings, ctx.paths.discovery) if ctx.settings else None
     if url is None:
         return Check(WARN, "revocation endpoint: revocation_url is not set, so --logout "
                            "cannot revoke the refresh token at the provider; set it to the "
@@ -3618,6 +4220,7 @@ def check_clock(ctx: DoctorContext) -> Check:
 
 def check_oci(ctx: DoctorContext) -> Check:
     import shutil
+    import subprocess
 
     oci = shutil.which("oci", path=ctx.environ.get("PATH") or os.defpath)
     if oci is None:
@@ -3932,6 +4535,10 @@ EXAMPLES = """\
 examples:
   woci --profile dev os ns get            sign in if needed, then run `oci os ns get`
   woci --profile dev session authenticate sign in again in the browser now
+  woci --profile dev --login-flow device session authenticate
+                                          sign in with a code, from a phone or laptop (SSH)
+  woci --profile dev --login-flow manual session authenticate
+                                          sign in in any browser, paste back where it ends
   woci --profile dev                      make sure the session is valid, run nothing
   woci --auto-refresh --exec -- ./job.sh  keep the session fresh while a long job runs
   woci --profile dev --status --json      the session at a glance (for a shell prompt)
@@ -3959,7 +4566,8 @@ def help_text() -> str:
         if spec.kind in ("flag", "mode"):
             group.add_argument(*flags, action="store_true", help=spec.help)
         else:
-            metavar = "-- CMD" if spec.kind == "exec" else spec.key.upper()
+            metavar = "-- CMD" if spec.kind == "exec" else \
+                "|".join(CHOICES[spec.key]) if spec.kind == "choice" else spec.key.upper()
             group.add_argument(*flags, metavar=metavar, help=spec.help)
     return parser.format_help()
 

@@ -22,6 +22,9 @@ Record: {"url", "action", "callback_status", "callback_body", "pages", "error"}
 plus a few extras (query, callback_error, callback_keys, final_status,
 final_body, device_result).
 
+Imported instead of run (tests of woci's login_flow = manual): address_after_sign_in(url)
+plays the same user and returns the address the browser ends on, without visiting it.
+
 Device flow: given the verification URL (verification_uri_complete, or the
 plain one with WOCI_TEST_USER_CODE set) it submits the user code, signs in,
 consents and confirms (`deny` aborts at the confirm page); device_result is
@@ -159,7 +162,11 @@ def form_data(form: Dict, button_id: str = "", **values: str) -> Dict[str, str]:
 
 
 class Flow:
-    def __init__(self, url: str, action: str) -> None:
+    """One user agent run. visit_callback=False stops at the callback without GETting it:
+    callback_url is then the address the browser was sent to (altered for tamper-state and
+    drop-code), what a user copies from the address bar when nothing listens there."""
+
+    def __init__(self, url: str, action: str, visit_callback: bool = True) -> None:
         import requests  # imported here so `none` works even in a bare interpreter
 
         self.requests = requests
@@ -170,6 +177,8 @@ class Flow:
         self.idp_netloc = urlsplit(url).netloc
         self.deadline = time.monotonic() + TOTAL_BUDGET
         self.record: Dict = new_record(url, action, device_result=None)
+        self.visits_callback = visit_callback
+        self.callback_url: Optional[str] = None
 
     # A callback is any 127.0.0.1 URL on another port than the provider's:
     # the client's loopback listener.
@@ -227,17 +236,20 @@ class Flow:
     def visit_callback(self, url: str) -> None:
         self.hold()
         url = altered_callback(url, self.action, self.record)
+        self.callback_url = url
+        if not self.visits_callback:
+            return
         resp = self.request("GET", url)
         self.record["callback_status"] = resp.status_code
         self.record["callback_body"] = resp.text[:8000]
         self.record["final_status"] = resp.status_code
         self.record["final_body"] = self.record["callback_body"]
 
-    def run(self) -> None:
+    def run(self, user: Optional[str] = None, password: Optional[str] = None) -> None:
         if self.action == "none":
             return
-        user = os.environ.get("WOCI_TEST_USER", "alice")
-        password = os.environ.get("WOCI_TEST_PASSWORD", "wonderland-42")
+        user = user or os.environ.get("WOCI_TEST_USER", "alice")
+        password = password or os.environ.get("WOCI_TEST_PASSWORD", "wonderland-42")
 
         resp, url = self.navigate("GET", self.authorize_url)
         for _ in range(MAX_STEPS):
@@ -289,6 +301,16 @@ class Flow:
                 detail = parser.error_text or re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", resp.text)).strip()[:300]
                 raise RuntimeError(f"unexpected page {resp.status_code} at {strip_query(url)}: {detail}")
         raise RuntimeError(f"more than {MAX_STEPS} pages")
+
+
+def address_after_sign_in(url: str, action: str = "login", user: Optional[str] = None,
+                          password: Optional[str] = None) -> Tuple[Optional[str], Dict]:
+    """Sign in at the provider for an authorization URL, in this process, and return the
+    address the browser is sent to at the end without visiting it (None if it never got
+    there), with the run's record: what a user pastes into woci's login_flow = manual."""
+    flow = Flow(url, action, visit_callback=False)
+    flow.run(user, password)
+    return flow.callback_url, flow.record
 
 
 def append_record(path: str, record: Dict) -> None:

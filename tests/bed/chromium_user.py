@@ -7,6 +7,10 @@ there is no network for browser downloads). Fills `login`/`password`, clicks
 loopback callback and saves a screenshot of that final page to
 WOCI_TEST_SCREENSHOT when set.
 
+Device flow: given the verification URL (verification_uri_complete, or the plain one with
+WOCI_TEST_USER_CODE set, which it types), it submits the user code, signs in, consents and
+confirms (`deny` aborts at the confirm page), as browser_user.py does.
+
 The browser follows the provider's redirects itself; the callback's status
 and body are taken from the browser's own response. For tamper-state and
 drop-code the redirect chain is rewritten (see rewrite_redirects). Requests
@@ -48,7 +52,7 @@ class ChromiumFlow:
         self.callback_response = None
         self.callback_failure: Optional[str] = None
         self.blocked: List[str] = []
-        self.record: Dict = new_record(url, action, screenshot=None)
+        self.record: Dict = new_record(url, action, screenshot=None, device_result=None)
 
     def remaining_ms(self) -> float:
         left = self.deadline - time.monotonic()
@@ -167,6 +171,30 @@ class ChromiumFlow:
                 self.record["final_status"] = response.status
                 self.record["final_body"] = body[:8000]
                 break
+            if self.visible(page, "#device-success"):  # device flow: nothing to call back
+                self.record["device_result"] = "success"
+                self.record["final_body"] = page.content()[:8000]
+                break
+            if self.record["device_result"] == "aborted":  # the provider's "interrupted" page
+                page.wait_for_load_state("load", timeout=self.remaining_ms())
+                self.record["final_body"] = page.content()[:8000]
+                break
+            if self.visible(page, "#submit-code") and not self.visible(page, "#error"):
+                # Device flow: verification_uri_complete pre-fills the user code; with the
+                # plain verification_uri the user types it.
+                user_code = os.environ.get("WOCI_TEST_USER_CODE")
+                if user_code:
+                    page.fill("input[name=user_code]", user_code, timeout=self.remaining_ms())
+                with page.expect_navigation(wait_until="load", timeout=self.remaining_ms()):
+                    page.click("#submit-code", timeout=self.remaining_ms())
+                continue
+            if self.visible(page, "#confirm"):
+                button = "#abort" if self.action == "deny" else "#confirm"
+                if self.action == "deny":
+                    self.record["device_result"] = "aborted"
+                with page.expect_navigation(wait_until="load", timeout=self.remaining_ms()):
+                    page.click(button, timeout=self.remaining_ms())
+                continue
             if self.visible(page, "input[name=login]"):
                 if self.action == "wrong-password" and submitted_wrong and self.visible(page, "#error"):
                     self.record["error"] = page.locator("#error").inner_text(timeout=self.remaining_ms())

@@ -3,16 +3,24 @@
 It passes requests to an upstream (the real provider) unchanged, unless told to fail:
 ``down`` refuses every request by closing the connection unanswered, ``http500``/``http429``/
 ``html``/``slow`` answer the next ``count`` requests badly. It never reads or logs bodies
-beyond forwarding them.
+beyond forwarding them, with one exception: with ``present_as_issuer`` set, the ``issuer`` of
+the OpenID discovery document it passes on becomes the proxy's own URL, as a gateway in front
+of a provider would publish it, while the endpoints in the document still name the provider
+itself. A client configured with the proxy as its issuer then reads discovery through the
+proxy (where a test can break it) and talks to the provider directly for everything else.
 """
 
 import email.utils
 import http.client
 import http.server
+import json
 import threading
 import time
 import urllib.parse
 from typing import Dict, List, Optional
+
+
+DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 
 class FaultProxy:
@@ -26,6 +34,7 @@ class FaultProxy:
         self._down = False
         # Seconds added to every Date header answered: a peer whose clock is off.
         self.date_offset = 0.0
+        self.present_as_issuer = False
         self.seen: List[Dict[str, object]] = []   # method, path (no query), answered status
         self._server: Optional[http.server.ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -152,6 +161,11 @@ class FaultProxy:
             payload = answer.read()
         finally:
             conn.close()
+        if (self.present_as_issuer and answer.status == 200
+                and handler.path.split("?")[0].endswith(DISCOVERY_PATH)):
+            document = json.loads(payload)
+            document["issuer"] = self.url
+            payload = json.dumps(document).encode()
         # The upstream's own Date and Server headers pass through (clock-skew checks read Date).
         handler.send_response_only(answer.status)
         for name, value in answer.getheaders():

@@ -328,6 +328,22 @@ class TestIdP:
             raise RuntimeError(f"the provider answered {resp.status_code} to a sync")
         self.wait_for("sync", timeout=timeout, since=mark, id=sync_id)
 
+    # ------------------------------------------------------------ device flow switches
+
+    def device_control(self, slow_down: Optional[int] = None,
+                       code_ttl: Optional[int] = None) -> Dict[str, int]:
+        """Runtime switches of the device flow: the next `slow_down` device-code polls at the
+        token endpoint answer slow_down; device codes issued from now on live `code_ttl`
+        seconds. Returns the switches as they are now."""
+        body = {k: v for k, v in (("slow_down", slow_down), ("code_ttl", code_ttl)) if v is not None}
+        resp = requests.post(self.issuer + "/test/device-control", json=body, timeout=HTTP_TIMEOUT)
+        resp.raise_for_status()
+        return resp.json()
+
+    def reset_device_control(self) -> None:
+        """Back to the launch settings: no forced slow_down, the configured code lifetime."""
+        self.device_control(slow_down=0, code_ttl=int(self.settings.get("IDP_DEVICE_CODE_TTL", 600)))
+
     # ------------------------------------------------------------ helpers
 
     def revoke(self, token: str, client_id: Optional[str] = None, client_secret: Optional[str] = None,

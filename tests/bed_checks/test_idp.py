@@ -17,6 +17,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -336,6 +337,53 @@ def test_device_flow(idp, tmp_path, action):
         assert resp.json()["refresh_token"]
     else:
         assert resp.status_code == 400 and resp.json()["error"] == "access_denied"
+
+
+def device_authorization(idp):
+    resp = requests.post(idp.device_url, data={"client_id": idp.public_client_id,
+                                               "scope": "openid offline_access"},
+                         timeout=HTTP_TIMEOUT)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def poll(idp, device):
+    return requests.post(idp.token_url, data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+        "device_code": device["device_code"], "client_id": idp.public_client_id,
+    }, timeout=HTTP_TIMEOUT)
+
+
+def test_device_switches_slow_down_and_code_lifetime(idp):
+    """device_control: the next N polls answer slow_down; new codes live code_ttl seconds
+    (expires_in says so, and the provider then answers expired_token)."""
+    try:
+        assert idp.device_control(slow_down=1, code_ttl=2) == {"slow_down": 1, "code_ttl": 2}
+        device = device_authorization(idp)
+        assert device["expires_in"] == 2
+        assert poll(idp, device).json()["error"] == "slow_down"
+        assert poll(idp, device).json()["error"] == "authorization_pending"
+        time.sleep(2.1)
+        assert poll(idp, device).json()["error"] == "expired_token"
+    finally:
+        idp.reset_device_control()
+    assert device_authorization(idp)["expires_in"] == 600
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["complete-uri", "typed-code"])
+def test_chromium_user_approves_a_user_code(idp, tmp_path, complete):
+    """The real browser approves a device code: from verification_uri_complete, or from the
+    plain page by typing the code."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
+    device = device_authorization(idp)
+    url = device["verification_uri_complete"] if complete else device["verification_uri"]
+    extra = {} if complete else {"WOCI_TEST_USER_CODE": device["user_code"]}
+    record = run_browser(CHROMIUM_USER, url, tmp_path, **extra)
+    assert record["error"] is None and record["device_result"] == "success", record
+    resp = poll(idp, device)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["refresh_token"]
 
 
 def test_chromium_user_reaches_callback(idp, tmp_path):

@@ -12,15 +12,22 @@
 //   IDP_REFRESH_TOKEN_TTL=86400         seconds
 //   IDP_ID_TOKEN_TTL=300                seconds
 //   IDP_DEVICE_INTERVAL=1               seconds, advertised in the device authorization response
+//   IDP_DEVICE_CODE_TTL=600             seconds a device code (and its user code) lives
+//
+// Runtime switches for the device flow (tests/bed/idp.py: device_control()):
+//   POST /test/device-control {"slow_down": N, "code_ttl": S}  the next N device-code polls
+//   answer slow_down; device codes issued from now on live S seconds. Any field left out
+//   keeps its value; the answer is the switches as they are now.
 //   IDP_CONFIDENTIAL_CLIENT_SECRET=s3cret-confidential
 //   IDP_USER=alice  IDP_PASSWORD=wonderland-42
 //   IDP_STRICT_OFFLINE_ACCESS=0|1       1: the library's default (offline_access needs prompt=consent)
 
+import { AsyncLocalStorage } from 'node:async_hooks';
 import crypto from 'node:crypto';
 import http from 'node:http';
 import process from 'node:process';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 // ---------------------------------------------------------------- settings
 
@@ -47,6 +54,7 @@ const ACCESS_TOKEN_TTL = intEnv('IDP_ACCESS_TOKEN_TTL', 300);
 const REFRESH_TOKEN_TTL = intEnv('IDP_REFRESH_TOKEN_TTL', 86400);
 const ID_TOKEN_TTL = intEnv('IDP_ID_TOKEN_TTL', 300);
 const DEVICE_INTERVAL = intEnv('IDP_DEVICE_INTERVAL', 1);
+const DEVICE_CODE_TTL = intEnv('IDP_DEVICE_CODE_TTL', 600);
 const CONFIDENTIAL_SECRET = process.env.IDP_CONFIDENTIAL_CLIENT_SECRET || 's3cret-confidential';
 const USER = process.env.IDP_USER || 'alice';
 const PASSWORD = process.env.IDP_PASSWORD || 'wonderland-42';
@@ -124,6 +132,41 @@ const signingKey = {
   use: 'sig',
   alg: 'RS256',
 };
+
+// ---------------------------------------------------------------- device flow switches
+
+// Changed at runtime through POST /test/device-control (see the header).
+const deviceControl = { slowDown: 0, codeTtl: DEVICE_CODE_TTL };
+
+function positiveOrZero(value) {
+  return Number.isInteger(value) && value >= 0;
+}
+
+async function handleDeviceControl(req, res) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  let body;
+  try {
+    body = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
+  } catch {
+    body = null;
+  }
+  const ok = body && typeof body === 'object'
+    && (body.slow_down === undefined || positiveOrZero(body.slow_down))
+    && (body.code_ttl === undefined || (positiveOrZero(body.code_ttl) && body.code_ttl > 0));
+  if (!ok) {
+    res.statusCode = 400;
+    res.setHeader('Content-Type', 'application/json');
+    res.end(JSON.stringify({ error: 'want {"slow_down": int >= 0, "code_ttl": int > 0}' }));
+    return;
+  }
+  if (body.slow_down !== undefined) deviceControl.slowDown = body.slow_down;
+  if (body.code_ttl !== undefined) deviceControl.codeTtl = body.code_ttl;
+  emit('device.control', { slow_down: deviceControl.slowDown, code_ttl: deviceControl.codeTtl });
+  res.statusCode = 200;
+  res.setHeader('Content-Type', 'application/json');
+  res.end(JSON.stringify({ slow_down: deviceControl.slowDown, code_ttl: deviceControl.codeTtl }));
+}
 
 // ---------------------------------------------------------------- device pages
 
@@ -207,7 +250,8 @@ const configuration = {
     AccessToken: ACCESS_TOKEN_TTL,
     AuthorizationCode: 60,
     ClientCredentials: ACCESS_TOKEN_TTL,
-    DeviceCode: 600,
+    // Read when a device code is issued, so a test can shorten it at runtime.
+    DeviceCode: () => deviceControl.codeTtl,
     // The grant must outlive every refresh token issued under it.
     Grant: REFRESH_TOKEN_TTL + 3600,
     IdToken: ID_TOKEN_TTL,
@@ -297,6 +341,23 @@ provider.use(async (ctx, next) => {
     ctx.body.interval = DEVICE_INTERVAL;
   }
 });
+
+// ---------------------------------------------------------------- device slow_down
+
+// The library never answers slow_down (RFC 8628 3.5). To let a test ask for it, the token
+// endpoint's look-up of a device code (the only DeviceCode.find call made with exactly
+// {ignoreExpiration: true}, and only on /token) fails with slow_down while the switch says
+// so. The request's path comes from an AsyncLocalStorage set for every request.
+const requestPath = new AsyncLocalStorage();
+provider.use(async (ctx, next) => requestPath.run(ctx.path, next));
+const findDeviceCode = provider.DeviceCode.find.bind(provider.DeviceCode);
+provider.DeviceCode.find = async (value, options = {}) => {
+  if (requestPath.getStore() === '/token' && deviceControl.slowDown > 0) {
+    deviceControl.slowDown -= 1;
+    throw new errors.SlowDown();
+  }
+  return findDeviceCode(value, options);
+};
 
 // ---------------------------------------------------------------- token request log
 
@@ -551,6 +612,14 @@ const server = http.createServer((req, res) => {
   // Every request that reaches the provider, by method and path (never the query: it can
   // carry state, codes or challenges).
   emit('http_request', { method: req.method, path: url.pathname });
+  if (url.pathname === '/test/device-control' && req.method === 'POST') {
+    handleDeviceControl(req, res).catch((err) => {
+      emit('server_error', { route: 'device-control', message: err?.message || String(err) });
+      if (!res.headersSent) send(res, 500, page('Error', '<h1>Internal error</h1>'));
+      else res.end();
+    });
+    return;
+  }
   if (url.pathname.startsWith('/interaction/')) {
     handleInteraction(req, res, url).catch((err) => {
       emit('server_error', { route: 'interaction', message: err?.message || String(err), stack: err?.stack || null });
@@ -591,6 +660,7 @@ server.listen(PORT, HOST, () => {
     refresh_token_ttl: REFRESH_TOKEN_TTL,
     id_token_ttl: ID_TOKEN_TTL,
     device_interval: DEVICE_INTERVAL,
+    device_code_ttl: DEVICE_CODE_TTL,
     pid: process.pid,
   });
 });

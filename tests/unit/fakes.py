@@ -189,7 +189,9 @@ class FakeIdentity:
     exchange (/exchange); the browser side is browse(url), which answers the callback.
 
     It rotates refresh tokens, checks PKCE, mints UPSTs bound to the key it received, and
-    records every request in .requests.
+    records every request in .requests. It also serves its discovery document (issuer: its
+    own URL) and the device flow (/device; a device code is approved at its
+    device_pending_polls + 1st poll).
     """
 
     def __init__(self, tenant: str = "ocid1.tenancy.oc1..fake", lifetime: int = 3600,
@@ -204,6 +206,8 @@ class FakeIdentity:
         self.upsts: list[str] = []
         self.authorize_urls: list[str] = []
         self.access_tokens: list[str] = []
+        self.device_pending_polls = 1
+        self.device_polls = 0
         self.server = LocalServer(self._respond)
 
     # --- lifecycle
@@ -260,8 +264,26 @@ class FakeIdentity:
         return jwt.encode(claims, provider_key(), algorithm="RS256")
 
     # --- the server
+    def discovery_document(self) -> dict:
+        return {"issuer": self.url, "authorization_endpoint": self.url + "/authorize",
+                "token_endpoint": self.url + "/token",
+                "device_authorization_endpoint": self.url + "/device"}
+
     def _respond(self, request: Request) -> Answer:
         form = request.form
+        if request.path == woci.DISCOVERY_PATH:
+            return json_answer(200, self.discovery_document())
+        if request.path == "/device":
+            return json_answer(200, {"device_code": "dc-1", "user_code": "UC-1",
+                                     "verification_uri": self.url + "/activate",
+                                     "expires_in": 60, "interval": 1})
+        if request.path == "/token" and form.get("grant_type") == woci.DEVICE_CODE_GRANT:
+            self.device_polls += 1
+            if self.device_polls <= self.device_pending_polls:
+                return json_answer(400, {"error": "authorization_pending"})
+            document = self._tokens()
+            document["refresh_token"] = self.new_refresh_token()
+            return json_answer(200, document)
         if request.path == "/token" and form.get("grant_type") == "refresh_token":
             token = form.get("refresh_token", "")
             if self.on_refresh:
@@ -282,7 +304,8 @@ class FakeIdentity:
             document = self._tokens()
             document["refresh_token"] = self.new_refresh_token()
             return json_answer(200, document)
-        if request.path == "/exchange":
+        # An identity domain as the provider: the exchange at its token endpoint too.
+        if request.path == "/exchange" or form.get("grant_type") == woci.TOKEN_EXCHANGE_GRANT:
             if self.exchange_answer is not None:
                 return self.exchange_answer
             upst = self.mint_upst(base64.b64decode(form["public_key"]))
@@ -291,15 +314,19 @@ class FakeIdentity:
         return json_answer(404, {"error": "not_found"})
 
     # --- the browser
-    def browse(self, authorize_url: str) -> bool:
-        """Play a user who signs in at once: answer the callback with a fresh code."""
+    def answer_for(self, authorize_url: str) -> str:
+        """The address a user who signs in at once is sent to, not visited."""
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(authorize_url).query))
         self.issued += 1
         code = f"code-{self.issued}"
         self.codes[code] = {"challenge": query["code_challenge"],
                             "redirect_uri": query["redirect_uri"]}
         self.authorize_urls.append(authorize_url)
-        target = woci.add_query(query["redirect_uri"], {"code": code, "state": query["state"]})
+        return woci.add_query(query["redirect_uri"], {"code": code, "state": query["state"]})
+
+    def browse(self, authorize_url: str) -> bool:
+        """Play a user who signs in at once: answer the callback with a fresh code."""
+        target = self.answer_for(authorize_url)
         with NO_PROXY.open(target, timeout=5) as answer:
             answer.read()
         return True

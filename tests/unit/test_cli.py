@@ -42,6 +42,16 @@ def test_help_goes_to_stdout_and_exits_0(tmp_path, capsys):
     assert err == ""
 
 
+def test_help_lists_the_sign_in_flows(tmp_path, capsys):
+    """--help names the three login flows, the issuer and the browser command."""
+    assert woci.main(["--help"], {"HOME": str(tmp_path)}) == 0
+    out = capsys.readouterr().out
+    assert "--login-flow browser|device|manual" in out
+    for word in ("browser:", "device:", "manual:", "--issuer", "--browser-command",
+                 "--login-flow device"):
+        assert word in out
+
+
 def test_version_goes_to_stdout_and_exits_0(tmp_path, capsys):
     """--version prints `woci <version>` on stdout."""
     assert woci.main(["--version"], {"HOME": str(tmp_path)}) == 0

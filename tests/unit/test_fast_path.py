@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +199,28 @@ def test_the_fast_path_loads_only_what_it_needs(home):
     assert "oci_upst_session_manager" in loaded
     assert loaded & NOT_ON_THE_FAST_PATH == set(), sorted(loaded & NOT_ON_THE_FAST_PATH)
     assert {"json", "base64"} <= loaded | set(sys.builtin_module_names)
+
+
+def test_modules_named_only_for_annotations_are_imported_where_they_are_used():
+    """configparser and subprocess appear at the top for annotations only: a function that
+    uses one at run time imports it itself (else: NameError, on a path tests may miss)."""
+    import ast
+
+    tree = ast.parse(Path(woci.__file__).read_text())
+    lazy = {"configparser", "subprocess"}
+    unimported = []
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        imported = {alias.name for node in ast.walk(function) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        annotations = set()
+        for node in ast.walk(function):
+            for annotation in (getattr(node, "annotation", None), getattr(node, "returns", None)):
+                if annotation is not None:
+                    annotations |= {id(part) for part in ast.walk(annotation)}
+        for node in ast.walk(function):
+            if isinstance(node, ast.Name) and node.id in lazy and id(node) not in annotations \
+                    and node.id not in imported:
+                unimported.append(f"{function.name}: {node.id} (line {node.lineno})")
+    assert unimported == []

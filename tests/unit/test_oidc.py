@@ -415,8 +415,9 @@ def test_browser_sign_in_sends_a_pkce_authorize_request(capsys):
     settings = make_settings(authz_base_url="https://idp.example/authorize?tenant=t1",
                              redirect_port=port, scope="openid offline_access email")
     browser = Browser()
-    code, verifier = woci.browser_sign_in(settings, browser)
+    code, verifier, redirect_uri = woci.browser_sign_in(settings, browser)
     assert code == "the-code"
+    assert redirect_uri == f"http://127.0.0.1:{port}/callback"
     query = browser.query
     assert browser.urls[0].startswith("https://idp.example/authorize?")
     assert query["tenant"] == "t1"
@@ -444,8 +445,8 @@ def test_browser_sign_in_sends_prompt_when_set():
 def test_browser_sign_in_states_differ_between_sign_ins():
     """Each sign-in has its own random state and verifier."""
     first, second = Browser(), Browser()
-    _, v1 = woci.browser_sign_in(make_settings(redirect_port=free_port()), first)
-    _, v2 = woci.browser_sign_in(make_settings(redirect_port=free_port()), second)
+    v1 = woci.browser_sign_in(make_settings(redirect_port=free_port()), first).verifier
+    v2 = woci.browser_sign_in(make_settings(redirect_port=free_port()), second).verifier
     assert first.query["state"] != second.query["state"] and v1 != v2
 
 

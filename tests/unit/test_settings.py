@@ -460,3 +460,104 @@ def test_describe_settings_names_the_source_of_each_value():
     assert described["prompt"] == ("prompt", None, "not set", None)
     assert "must be one of file, keyring" in described["refresh_token_storage"].problem
     assert list(described) == list(woci.INI_KINDS)
+# --- sign-in settings: issuer, login_flow, browser_command, a list of ports --------------------
+
+ISSUER_INI = """\
+[COMMON]
+issuer = https://idp.example/oauth2/default
+auth_client_id = idp-client
+client_id = oci-client
+client_secret = oci-secret
+"""
+
+
+def test_issuer_alone_stands_for_the_provider_endpoints():
+    """issuer, the client ids and the secret are enough: the endpoints wait for discovery."""
+    s = settings_from([], ISSUER_INI)
+    assert s.issuer == "https://idp.example/oauth2/default"
+    assert (s.authz_base_url, s.token_url, s.token_exchange_url) == (None, None, None)
+
+
+def test_explicit_endpoints_are_kept_beside_the_issuer():
+    """An explicit token_url (and the exchange URL it defaults) stays as given."""
+    s = settings_from(["--token-url", "https://other.example/token"], ISSUER_INI)
+    assert s.token_url == s.token_exchange_url == "https://other.example/token"
+    assert s.authz_base_url is None
+
+
+def test_missing_endpoints_without_an_issuer_point_at_the_issuer():
+    """No URLs and no issuer: exit 2 naming both URLs, and issuer as the shorter way."""
+    ini = "\n".join(line for line in REQUIRED_INI.splitlines() if "_url" not in line)
+    with pytest.raises(woci.ConfigError) as info:
+        settings_from([], ini)
+    message = str(info.value)
+    assert "authz_base_url (--authz-base-url), token_url (--token-url)" in message
+    assert "or issuer" in message and info.value.exit_code == 2
+
+
+def test_issuer_must_be_a_url():
+    with pytest.raises(woci.ConfigError, match="issuer in --issuer must be an http"):
+        settings_from(["--issuer", "idp.example"], ISSUER_INI)
+
+
+@pytest.mark.parametrize("argv, ini_extra, flow", [
+    ([], "", "browser"),
+    (["--login-flow", "device"], "", "device"),
+    ([], "login_flow = Manual\n", "manual"),
+    (["--login-flow=browser"], "login_flow = device\n", "browser"),
+])
+def test_login_flow_from_flag_ini_and_default(argv, ini_extra, flow):
+    """One of browser, device, manual (any case); the flag wins over the INI."""
+    assert settings_from(argv, ISSUER_INI + ini_extra).login_flow == flow
+
+
+def test_unknown_login_flow_is_a_configuration_error():
+    with pytest.raises(woci.ConfigError, match="must be one of browser, device, manual, not 'qr'"):
+        settings_from(["--login-flow", "qr"], ISSUER_INI)
+
+
+def test_device_flow_needs_a_device_endpoint_or_an_issuer():
+    """login_flow = device with explicit URLs only: exit 2 naming device_authorization_url;
+    with it (or with an issuer) it is fine."""
+    with pytest.raises(woci.ConfigError, match="needs device_authorization_url") as info:
+        settings_from(["--login-flow", "device"], REQUIRED_INI)
+    assert info.value.exit_code == 2
+    s = settings_from(["--login-flow", "device"],
+                      REQUIRED_INI + "device_authorization_url = https://idp.example/device\n")
+    assert s.device_authorization_url == "https://idp.example/device"
+    assert settings_from(["--login-flow", "device"], ISSUER_INI).device_authorization_url is None
+
+
+def test_browser_command_from_ini_and_flag():
+    s = settings_from([], ISSUER_INI + "browser_command = wslview\n")
+    assert s.browser_command == "wslview"
+    s = settings_from(["--browser-command", "firefox -P work"], ISSUER_INI)
+    assert s.browser_command == "firefox -P work"
+
+
+@pytest.mark.parametrize("argv, ini_extra, first, ports", [
+    ([], "", 8181, (8181,)),
+    ([], "redirect_port = 7000\n", 7000, (7000,)),
+    ([], "redirect_port = 7000, 7001 ,7000\n", 7000, (7000, 7001)),
+    (["--redirect-port", "9000,9001"], "redirect_port = 7000\n", 9000, (9000, 9001)),
+])
+def test_redirect_port_may_be_a_list(argv, ini_extra, first, ports):
+    """A comma-separated list of registered ports, each once, in order; redirect_port (and
+    redirect_uri) name the first."""
+    s = settings_from(argv, ISSUER_INI + ini_extra)
+    assert (s.redirect_port, s.callback_ports) == (first, ports)
+    assert s.redirect_uri == f"http://127.0.0.1:{first}/callback"
+
+
+@pytest.mark.parametrize("text", ["7000,,7001", "7000,x", "7000,", "70000,7001", ","])
+def test_bad_port_lists_are_configuration_errors(text):
+    with pytest.raises(woci.ConfigError, match="port number 1-65535") as info:
+        settings_from(["--redirect-port", text], ISSUER_INI)
+    assert info.value.exit_code == 2
+
+
+def test_issuer_and_login_flow_after_the_oci_command_belong_to_oci():
+    """oci has an --issuer option of its own (oci-cli 3.95): after the command it is oci's."""
+    cmd = split(["--issuer", "https://idp.example", "iam", "x", "--issuer", "y"])
+    assert cmd.woci == {"issuer": "https://idp.example"}
+    assert cmd.oci_args == ["iam", "x", "--issuer", "y"]
