@@ -1007,8 +1007,8 @@ def print_table(data: dict) -> None:
                 line(row.format(f"{label}, {which} (n={s['n']})", fmt_ms(s["median"]),
                                 fmt_ms(s["min"]), fmt_ms(s["max"]), "",
                                 "" if ratio is None else f"{ratio:.2f}", "", ""))
-        line(f"  oke_cached_ratio = repeated / first call; ~1.0 until woci has the OKE "
-             f"credential cache (SPEC 13). Repeated output byte-identical to the first: "
+        line(f"  oke_cached_ratio = repeated / first call (the repeats are answered from the "
+             f"OKE credential cache). Repeated output byte-identical to the first: "
              f"{'yes (served from a cache)' if data['oke_repeat_identical'] else 'no (oci ran again)'}")
         line("")
     if data.get("daemon_renewals") is not None:
