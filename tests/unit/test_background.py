@@ -3,6 +3,7 @@
 import base64
 import json
 import multiprocessing
+import os
 import tempfile
 import threading
 from pathlib import Path
@@ -196,3 +197,43 @@ def test_pid_file_lock_tells_a_live_daemon_from_a_stale_file(tmp_path):
     assert woci.PidFile(path).holder() is None
     assert woci.PidFile(path).remove_stale() is True
     assert not path.exists()
+
+
+# --- the daemon's renewals in a child process ----------------------------------------------------
+
+
+def _session(tmp_path):
+    session = woci.Session.open(settings(), {"HOME": str(tmp_path)})
+    session.paths.folder.mkdir(parents=True)
+    return session
+
+
+def test_renewal_child_hands_back_the_token_it_wrote(monkeypatch, tmp_path):
+    """The child's renewal is on disk; the parent reads it from there."""
+    token = make_token(1000, 5000)
+    monkeypatch.setattr(woci, "ensure_session",
+                        lambda session, *_a, **_k: session.paths.token.write_text(token))
+    assert woci.ensure_in_child(_session(tmp_path)) == (token, 5000, None)
+
+
+@pytest.mark.parametrize("raised", [woci.SignInNeeded("sign in"), woci.RefreshTokenError("bad"),
+                                    woci.HttpError("down"), woci.WociError("odd", 7)])
+def test_renewal_child_reports_the_failure_kind_message_and_exit_code(monkeypatch, tmp_path,
+                                                                       raised):
+    """A failure crosses the pipe whole: the background still tells fatal from transient."""
+    def fail(*_args, **_kwargs):
+        raise raised
+
+    monkeypatch.setattr(woci, "ensure_session", fail)
+    with pytest.raises(woci.WociError) as info:
+        woci.ensure_in_child(_session(tmp_path))
+    assert type(info.value) is type(raised)
+    assert str(info.value) == str(raised) and info.value.exit_code == raised.exit_code
+
+
+def test_renewal_child_that_dies_is_a_failure_to_retry(monkeypatch, tmp_path):
+    """Killed before it could answer: a plain WociError, which the renewer retries."""
+    monkeypatch.setattr(woci, "ensure_session", lambda *_a, **_k: os._exit(9))
+    with pytest.raises(woci.WociError, match="ended without a word") as info:
+        woci.ensure_in_child(_session(tmp_path))
+    assert not isinstance(info.value, woci.FATAL_IN_BACKGROUND)
