@@ -1026,14 +1026,16 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
 def build_settings(cmd: CommandLine, environ: Mapping[str, str],
                    manager_ini: configparser.ConfigParser | None,
                    manager_path: Path | None,
-                   required: tuple[str, ...] = REQUIRED_KEYS) -> Settings:
+                   required: tuple[str, ...] = REQUIRED_KEYS,
+                   ini: Mapping[str, str] | None = None) -> Settings:
     """Settings from flag > environment (secrets) > INI [profile] > INI [COMMON] > defaults.
 
     The session tools pass required=() and get "" for what is missing: --logout and --doctor
-    need only some settings, and say what they could not do without the others.
+    need only some settings, and say what they could not do without the others. The fast
+    path passes the INI's values as ini, read without configparser.
     """
     profile = resolve_profile(cmd, environ)
-    ini = ini_values(manager_ini, profile)
+    ini = ini_values(manager_ini, profile) if ini is None else ini
     ini_where = f"{manager_path} [{profile}] or [{COMMON_SECTION}]" if manager_path else "INI"
     unknown = sorted(set(ini) - set(INI_KINDS))
     if unknown:
@@ -1355,7 +1357,10 @@ def read_session_token(paths: SessionPaths) -> TokenState:
 
 
 def session_is_fresh(state: TokenState, now: float, min_validity: float) -> bool:
-    return state.expires_at is not None and state.expires_at - now > min_validity
+    """Valid for longer than min_validity, and not absurdly long: a UPST lives an hour at
+    most, so an exp more than a day ahead (a file someone wrote) is renewed, not trusted."""
+    return state.expires_at is not None and \
+        min_validity < state.expires_at - now <= UPST_MAX_LIFETIME_SECONDS
 
 
 # --- the refresh token ------------------------------------------------------------------------
@@ -1728,7 +1733,9 @@ def refresh_token_store(settings: Settings, paths: SessionPaths, passphrase: Pas
     return file_store
 
 
-class StoredRefreshToken(collections.namedtuple("StoredRefreshToken", "storage expires_at")):
+class StoredRefreshToken(collections.namedtuple("StoredRefreshToken",
+                                                "storage expires_at damaged",
+                                                defaults=(False,))):
     """How the refresh token is stored (file, encrypted-file, keyring, or None: none), and
     its exp when it is a JWT that woci can read without a secret."""
 
@@ -1740,7 +1747,7 @@ def stored_refresh_token(paths: SessionPaths) -> StoredRefreshToken:
     try:
         raw = read_file_if_present(paths.refresh_token)
     except StorageError:
-        return StoredRefreshToken("file", None)
+        return StoredRefreshToken("file", None, True)
     if raw is not None:
         if is_encrypted_document(raw):
             return StoredRefreshToken("encrypted-file", None)
@@ -1748,7 +1755,10 @@ def stored_refresh_token(paths: SessionPaths) -> StoredRefreshToken:
             text = raw.decode("ascii").strip()
         except UnicodeDecodeError:
             text = ""
-        return StoredRefreshToken("file", jwt_expiry_or_none(text) if text else None)
+        # The test RefreshTokenStore.load applies: what it would refuse is no refresh token.
+        if not text or any(ch.isspace() or not ch.isprintable() for ch in text):
+            return StoredRefreshToken("file", None, True)
+        return StoredRefreshToken("file", jwt_expiry_or_none(text))
     if paths.keyring_marker.exists():
         return StoredRefreshToken("keyring", None)
     return StoredRefreshToken(None, None)
@@ -1997,21 +2007,33 @@ def forget_session_in_profile(config_file: Path, profile: str, paths: SessionPat
 # which reads the same files again with configparser and reports what is wrong.
 
 
-def ini_sections(text: str, wanted: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """The one-line values of the wanted sections, split by the rules upsert_profile follows.
-
-    Enough for a path or a boolean; a value continued on further lines is read as its first
-    line only, so a check built on it can only fail towards the full way.
-    """
+def ini_sections(text: str, wanted: tuple[str, ...]) -> dict[str, dict[str, str]] | None:
+    """The values of the wanted sections, split by the rules upsert_profile follows; None when
+    the text holds anything this reader does not settle the way configparser would (a line
+    that is no INI, a key before any section, a wanted section or key given twice, a value
+    continued on more lines), so that the caller leaves the run to the full way."""
     sections: dict[str, dict[str, str]] = {}
     current: dict[str, str] | None = None
+    in_a_section = False
     for line in split_config_lines(text):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
         header = _is_section_header(line)
         if header is not None:
+            if header in sections:
+                return None
+            in_a_section = True
             current = sections.setdefault(header, {}) if header in wanted else None
             continue
+        if line[:1].isspace():
+            if current is not None:
+                return None   # a continued value: configparser joins the lines
+            continue
         key = _key_of(line)
-        if current is not None and key is not None:
+        if key is None or not in_a_section or (current is not None and key in current):
+            return None
+        if current is not None:
             cut = min(line.find(sep) for sep in ("=", ":") if sep in line)
             current[key] = line[cut + 1:].strip()
     return sections
@@ -2028,10 +2050,8 @@ def _fast_profile_points_here(config_file: Path, profile: str, paths: SessionPat
                               environ: Mapping[str, str]) -> bool:
     """profile_is_wired without configparser: [DEFAULT] is every profile's base, as in oci."""
     text = _read_text(config_file)
-    if text is None:
-        return False
-    sections = ini_sections(text, (DEFAULT_PROFILE, profile))
-    if profile not in sections and profile != DEFAULT_PROFILE:
+    sections = ini_sections(text, (DEFAULT_PROFILE, profile)) if text is not None else None
+    if sections is None or (profile not in sections and profile != DEFAULT_PROFILE):
         return False
     values = {**sections.get(DEFAULT_PROFILE, {}), **sections.get(profile, {})}
     token_file = values.get("security_token_file", "")
@@ -2039,19 +2059,31 @@ def _fast_profile_points_here(config_file: Path, profile: str, paths: SessionPat
         expand_home(token_file, environ) == paths.token.absolute()
 
 
-def _fast_manager_values(cmd: CommandLine, environ: Mapping[str, str], config_file: Path,
-                         profile: str) -> dict[str, str] | None:
-    """The manager INI's [COMMON] overlaid with [profile]; None when an explicit file is
-    unreadable (the full way says why)."""
-    candidates, explicit = manager_config_candidates(cmd, environ, config_file)
-    for path in candidates:
-        text = _read_text(path)
+def _fast_settings(cmd: CommandLine, environ: Mapping[str, str]) -> Settings | None:
+    """build_settings on the manager INI as this section's reader sees it: the same checks,
+    the same precedence; None for anything the full way should report (a file it cannot
+    read, a key it does not know, a value it refuses, a setting missing)."""
+    candidates, explicit = manager_config_candidates(cmd, environ,
+                                                     resolve_oci_config_file(cmd, environ))
+    profile = resolve_profile(cmd, environ)
+    path, values = None, {}
+    for candidate in candidates:
+        text = _read_text(candidate)
+        if text is None and explicit:
+            return None
         if text is not None:
             sections = ini_sections(text, (COMMON_SECTION, profile))
-            return {**sections.get(COMMON_SECTION, {}), **sections.get(profile, {})}
-        if explicit:
-            return None
-    return {}
+            if sections is None:
+                return None
+            path = candidate
+            values = {**sections.get(COMMON_SECTION, {}), **sections.get(profile, {})}
+            break
+    if set(values) - set(INI_KINDS):
+        return None   # the full way warns about unknown keys
+    try:
+        return build_settings(cmd, environ, None, path, ini=values)
+    except ConfigError:
+        return None
 
 
 # --- the OKE credential cache ----------------------------------------------------------------
@@ -2061,9 +2093,15 @@ def is_oke_token_request(oci_args: list[str]) -> bool:
     return oci_command_words(oci_args)[:3] == ["ce", "cluster", "generate-token"]
 
 
-def credential_cache_key(config_file: Path, profile: str, oci_args: list[str]) -> list[str]:
-    """What makes two kubectl calls the same: the config file, the profile, oci's arguments."""
-    return [str(config_file.absolute()), profile, *oci_args]
+def credential_cache_key(config_file: Path, profile: str, oci_args: list[str],
+                         environ: Mapping[str, str]) -> list[str]:
+    """What makes two kubectl calls the same: the config file, the profile, oci's arguments,
+    and the OCI_CLI_* variables oci reads (OCI_CLI_REGION picks another cluster's region).
+    Variables naming a secret are left out: the entry keeps its key in a file."""
+    variables = sorted(f"{name}={value}" for name, value in environ.items()
+                       if name.startswith("OCI_CLI_")
+                       and not any(word in name for word in ("PASSPHRASE", "PASSWORD", "SECRET")))
+    return [str(config_file.absolute()), profile, *oci_args, "--environment", *variables]
 
 
 def credential_cache_path(paths: SessionPaths, key: list[str]) -> Path:
@@ -2126,24 +2164,17 @@ def fast_path(argv: list[str], environ: Mapping[str, str], now: float) -> FastAn
         if cmd.woci.get("no_cache"):
             return None
         output = cached_credential(paths, credential_cache_key(config_file, profile,
-                                                                cmd.oci_args), now)
+                                                                cmd.oci_args, environ), now)
         return FastAnswer(None, None, output) if output is not None else None
     if not session_is_fresh(read_session_token(paths), now, EXPIRY_MARGIN_SECONDS) or \
             not _fast_profile_points_here(config_file, profile, paths, environ):
         return None
-    manager = _fast_manager_values(cmd, environ, config_file, profile)
-    if manager is None:
-        return None
-    try:
-        if parse_bool(manager.get("auto_refresh") or "false"):
-            return None
-    except ValueError:
+    settings = _fast_settings(cmd, environ)
+    if settings is None or settings.auto_refresh:
         return None
     if action is OciAction.NONE:
         return FastAnswer(None, None, None)
-    passphrase_env = cmd.woci.get("refresh_token_passphrase_env") or \
-        manager.get("refresh_token_passphrase_env")
-    env = scrubbed_environment(environ, str(passphrase_env) if passphrase_env else None)
+    env = scrubbed_environment(environ, settings.refresh_token_passphrase_env)
     return FastAnswer(build_oci_argv(cmd.oci_args, profile), env, None)
 
 
@@ -2720,21 +2751,23 @@ def browser_command_argv(command: str) -> list[str]:
     return argv
 
 
-def launch_browser(url: str, command: list[str] | None = None) -> bool:
+def launch_browser(url: str, command: list[str] | None = None,
+                   env: Mapping[str, str] | None = None) -> bool:
     """Open the URL from a helper process whose stdout is our stderr: command (browser_command)
-    with the URL as its last argument, else Python's webbrowser, which honours $BROWSER.
+    with the URL as its last argument, else Python's webbrowser, which honours $BROWSER. env
+    is the helper's environment (woci's, without its secrets).
 
     stdout belongs to oci (kubectl parses it), and browser launchers print; some also wait
     for the browser to exit. A separate process keeps both away from woci, which may exec oci
     while the browser is still open.
     """
-    code = "import sys, webbrowser; sys.exit(0 if webbrowser.open(sys.argv[1]) else 1)"
     import subprocess
 
+    code = "import sys, webbrowser; sys.exit(0 if webbrowser.open(sys.argv[1]) else 1)"
     argv = [*command, url] if command else [sys.executable, "-c", code, url]
     try:
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
-                         start_new_session=True)
+                         start_new_session=True, env=None if env is None else dict(env))
     except OSError as exc:
         what = f"browser_command {command[0]}" if command else "a browser"
         log().warning("cannot start %s: %s; open the URL above yourself", what,
@@ -2762,7 +2795,8 @@ def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] | No
     if open_browser is None:
         command = browser_command_argv(settings.browser_command) \
             if settings.browser_command else None
-        open_browser = lambda url: launch_browser(url, command)  # noqa: E731
+        env = scrubbed_environment(os.environ, settings.refresh_token_passphrase_env)
+        open_browser = lambda url: launch_browser(url, command, env)  # noqa: E731
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(32)
     server, port = open_first_free_callback_server(settings.callback_ports,
@@ -3264,6 +3298,7 @@ def _sign_in(session: Session) -> TokenResponse:
         log().warning("the provider issued no refresh token (was offline_access granted? "
                     "some providers want prompt = consent); the next renewal will need "
                     "the browser again")
+    clear_credential_cache(session.paths)   # the credentials of whoever signed in before
     return tokens
 
 
@@ -3452,27 +3487,35 @@ def ensure_in_child(session: Session, min_validity: float = EXPIRY_MARGIN_SECOND
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(read_fd)
-        report = {"ok": True}
-        try:
-            ensure_session(session, min_validity, renewal)
-        except WociError as exc:
-            report = {"ok": False, "kind": type(exc).__name__, "message": str(exc),
-                      "exit_code": exc.exit_code}
-        except KeyboardInterrupt:
-            report = {"ok": False, "kind": "WociError", "message": "interrupted",
-                      "exit_code": EXIT_INTERRUPTED}
-        except BaseException:  # the log is all a detached process has
-            log().exception("the renewal crashed")
-            report = {"ok": False, "kind": "WociError", "message": "the renewal crashed"}
+        try:   # whatever happens in here, this process ends at os._exit: never in main()
+            os.close(read_fd)
+            report = {"ok": True}
+            try:
+                ensure_session(session, min_validity, renewal)
+            except WociError as exc:
+                report = {"ok": False, "kind": type(exc).__name__, "message": str(exc),
+                          "exit_code": exc.exit_code}
+            except KeyboardInterrupt:
+                report = {"ok": False, "kind": "WociError", "message": "interrupted",
+                          "exit_code": EXIT_INTERRUPTED}
+            except BaseException:  # the log is all a detached process has
+                log().exception("the renewal crashed")
+                report = {"ok": False, "kind": "WociError", "message": "the renewal crashed"}
+            try:
+                os.write(write_fd, json.dumps(report).encode())
+            except OSError:
+                pass   # the parent is gone (interrupted): nobody to tell
         finally:
-            os.write(write_fd, json.dumps(report).encode())
             os._exit(EXIT_OK)
     os.close(write_fd)
     chunks = []
-    with os.fdopen(read_fd, "rb") as pipe:
-        chunks.append(pipe.read())
-    os.waitpid(pid, 0)
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            chunks.append(pipe.read())
+    finally:
+        # Interrupted or not, the renewal finishes (or stops on the same Ctrl-C) before this
+        # process goes on: a child left behind could still be spending a refresh token.
+        os.waitpid(pid, 0)
     try:
         report = json.loads(b"".join(chunks) or b"null")
         ok, kind, message = report["ok"], report.get("kind"), str(report.get("message"))
@@ -3895,7 +3938,8 @@ def session_status(paths: SessionPaths, profile: str, now: float) -> StatusRepor
             "subject": subject if isinstance(subject, str) else None,
             "tenancy": tenancy if isinstance(tenancy, str) else None,
         },
-        "refresh_token": {"stored": refresh.storage is not None, "storage": refresh.storage,
+        "refresh_token": {"stored": refresh.storage is not None and not refresh.damaged,
+                          "storage": refresh.storage,
                           "expires_at": iso_utc(refresh.expires_at)},
         "daemon": {"running": running, "pid": pid},
     }
@@ -3920,6 +3964,8 @@ def status_text(report: StatusReport, now: float) -> str:
         line = (f"valid until {when} ({format_duration(left)} left)" if session["valid"]
                 else f"expired at {when} ({format_duration(-left)} ago)")
     stored = refresh["storage"] or "none"
+    if refresh["storage"] and not refresh["stored"]:
+        stored += " (damaged: it cannot be used; sign in again)"
     if refresh["expires_at"]:
         stored += f", expires {refresh['expires_at']}"
     if daemon["running"]:
@@ -4133,6 +4179,11 @@ def check_settings(ctx: DoctorContext) -> list[Check]:
     for item in describe_settings(ctx.cmd, ctx.environ, ctx.manager_ini, ctx.manager_path):
         if item.problem:
             checks.append(Check(FAIL, f"{item.key}: {item.problem}"))
+        elif item.value is None and item.key in DISCOVERABLE_KEYS and ctx.settings is not None \
+                and ctx.settings.issuer:
+            found = getattr(ctx.settings, item.key, None)
+            checks.append(Check(OK, f"{item.key} = {found} (discovery)") if found else
+                          Check(WARN, f"{item.key}: not set, and discovery gave none"))
         elif item.value is None and item.key in REQUIRED_KEYS:
             checks.append(Check(FAIL, f"{item.key}: not set; set it in [{ctx.profile}] or "
                                       f"[{COMMON_SECTION}] of {where}, or pass "
@@ -4608,9 +4659,9 @@ def run_oke_token_request(cmd: CommandLine, session: Session, argv: list[str],
     sys.stdout.flush()
     if code == 0:
         settings = session.settings
-        store_credential(session.paths, credential_cache_key(settings.oci_config_file,
-                                                             settings.profile, cmd.oci_args),
-                         bytes(output))
+        key = credential_cache_key(settings.oci_config_file, settings.profile, cmd.oci_args,
+                                   session.environ)
+        store_credential(session.paths, key, bytes(output))
     return code
 
 

@@ -347,6 +347,8 @@ def main(argv: List[str]) -> int:
         flow_record["error"] = scrub(f"{type(exc).__name__}: {exc}")
         append_record(log_path, flow_record)
         return 0
+    # Which variables reached the browser (names only): woci's secrets must not.
+    flow.record["environment"] = sorted(os.environ)
     append_record(log_path, flow.record)
     return 0
 

@@ -649,3 +649,49 @@ def test_pid_file_locked_by_another_program_is_not_a_daemon(user):
     finally:
         squatter.kill()
         squatter.wait(timeout=10)
+
+
+def test_browser_helper_gets_no_secret_from_woci(user, idp):
+    """The browser (here the scripted user, started through $BROWSER) runs without
+    WOCI_*_SECRET and the passphrase variable in its environment."""
+    user.write_manager_ini(client_secret=None, refresh_token_passphrase_env="SOME_VAR",
+                           auth_client_id=idp.confidential_client_id)
+    env = user.env(WOCI_CLIENT_SECRET=OCI_CLIENT_SECRET,
+                   WOCI_AUTH_CLIENT_SECRET=idp.confidential_client_secret,
+                   SOME_VAR="a passphrase")
+
+    result = user.oci_ns_get(env=env)
+
+    assert result.returncode == 0, result.stderr
+    [opened] = user.browser_opens()
+    assert "WOCI_TEST_PASSWORD" in opened["environment"]   # the probe does see woci's others
+    assert {"WOCI_CLIENT_SECRET", "WOCI_AUTH_CLIENT_SECRET", "SOME_VAR"} & \
+        set(opened["environment"]) == set()
+
+
+def test_ctrl_c_during_a_daemon_sign_in_is_one_line_and_exit_130(user):
+    """--daemon signs in in a child process; Ctrl-C (SIGINT to the terminal's group) while it
+    waits: exit 130, "interrupted", no traceback from either process, no daemon, nothing saved."""
+    user.write_manager_ini(login_flow="manual", login_timeout="30")
+    proc = subprocess.Popen([str(WOCI), "--profile", user.profile, "--daemon"], env=user.env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        seen = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any("http" in line for line in seen):
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+        assert any("http" in line for line in seen), seen
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and out == ""
+    assert not (user.session_dir / "token").exists()
+    assert not (user.session_dir / "woci_refresh.pid").exists()

@@ -155,3 +155,17 @@ def test_kubectl_runs_oci_once_for_several_calls(user, tmp_path, kube_api, oci_r
     assert oci_runs() == 1
     assert len(kube_api.ok_checks()) >= 3
     assert [c for c in kube_api.checks if not c["ok"]] == []
+
+
+def test_a_sign_in_during_a_run_clears_the_cache(user, oci_runs):
+    """The refresh token is gone, so an ordinary run signs in again (perhaps as someone
+    else): the credentials cached for the earlier sign-in are forgotten."""
+    env = probe_env(user, oci_runs)
+    generate(user, env, *token_args(user))
+    assert cache_entries(user)
+    (user.session_dir / "refresh_token").unlink()
+    (user.session_dir / "token").unlink()
+
+    assert user.run("--profile", user.profile).returncode == 0
+    assert len(user.browser_opens()) == 2
+    assert cache_entries(user) == []

@@ -530,3 +530,17 @@ def test_status_opens_no_keyring(keyring_user):
         PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring"))
 
     assert code == 0 and document["refresh_token"]["storage"] == "keyring"
+
+
+def test_doctor_with_only_an_issuer_takes_the_endpoints_from_discovery(user, idp):
+    """No authz_base_url or token_url in the INI, only issuer: they are not missing, doctor
+    names what discovery gave and probes the discovered token endpoint."""
+    user.write_manager_ini(authz_base_url=None, token_url=None, issuer=idp.issuer)
+    sign_in(user)
+
+    result, lines = doctor(user)
+
+    assert not [line for line in lines if line.startswith("FAIL")], lines
+    assert f"ok   token_url = {idp.token_url} (discovery)" in lines
+    assert any(line.startswith("ok   discovery: ") for line in lines), lines
+    assert any(f"token endpoint {idp.token_url}: reachable" in line for line in lines), lines

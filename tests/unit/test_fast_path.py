@@ -13,7 +13,16 @@ import pytest
 import oci_upst_session_manager as woci
 from tests.unit.fakes import unsigned_jwt
 
-NOW = 1_900_000_000
+NOW = int(time.time())   # the fast path also refuses an exp absurdly far ahead
+
+
+MANAGER_INI = """[COMMON]
+authz_base_url = http://127.0.0.1:9/authorize
+token_url = http://127.0.0.1:9/token
+auth_client_id = idp-client
+client_id = oci-client
+client_secret = oci-secret
+"""
 
 
 @pytest.fixture
@@ -21,6 +30,7 @@ def home(tmp_path):
     """A machine with a valid session for profile dev, wired in ~/.oci/config."""
     session = tmp_path / ".oci" / "sessions" / "dev"
     session.mkdir(parents=True)
+    (tmp_path / ".oci" / "woci_manager.ini").write_text(MANAGER_INI)
     (session / "token").write_text(unsigned_jwt({"exp": NOW + 3000}))
     (tmp_path / ".oci" / "config").write_text(
         f"[DEFAULT]\nregion = us-ashburn-1\n\n[dev]\nkey_file = {session}/oci_api_key.pem\n"
@@ -68,6 +78,10 @@ def test_a_session_about_to_expire_goes_the_full_way(home):
     "[prod]\nkey_file = /k\nsecurity_token_file = {token}\n",
     # the [dev] hidden in a comment line is no section to configparser, nor here
     "[DEFAULT]\n# note\x85[dev]\nkey_file = /k\n",
+    # oci would read a path with a newline in it
+    "[dev]\nkey_file = /k\nsecurity_token_file = {token}\n  more\n",
+    # oci refuses a duplicate section
+    "[dev]\nkey_file = /k\nsecurity_token_file = {token}\n[dev]\nregion = r\n",
 ])
 def test_an_unwired_profile_goes_the_full_way(home, config):
     token = home / ".oci" / "sessions" / "dev" / "token"
@@ -86,15 +100,13 @@ def test_manager_ini_auto_refresh_and_passphrase_variable_are_honoured(home):
     """auto_refresh = true in the INI: the full way (oci as a child); the passphrase variable
     and WOCI_*_SECRET never reach oci's environment."""
     ini = home / ".oci" / "woci_manager.ini"
-    ini.write_text("[COMMON]\nrefresh_token_passphrase_env = MY_PASS\n[dev]\nauto_refresh = no\n")
+    ini.write_text(MANAGER_INI + "refresh_token_passphrase_env = MY_PASS\n[dev]\nauto_refresh = no\n")
     env = answer(home, "--profile", "dev", "os", "ns", "get", MY_PASS="p", WOCI_CLIENT_SECRET="s",
                  WOCI_AUTH_CLIENT_SECRET="a", KEEP="k").env
     assert "MY_PASS" not in env and "WOCI_CLIENT_SECRET" not in env
     assert "WOCI_AUTH_CLIENT_SECRET" not in env and env["KEEP"] == "k"
 
-    ini.write_text("[dev]\nauto_refresh = true\n")
-    assert answer(home, "--profile", "dev", "os", "ns", "get") is None
-    ini.write_text("[dev]\nauto_refresh = maybe\n")
+    ini.write_text(MANAGER_INI + "[dev]\nauto_refresh = true\n")
     assert answer(home, "--profile", "dev", "os", "ns", "get") is None
 
 
@@ -103,9 +115,41 @@ def test_an_explicit_manager_ini_that_is_missing_goes_the_full_way(home):
                   "os", "ns", "get") is None
 
 
+@pytest.mark.parametrize("ini_extra, why", [
+    ("[dev]\nauto_refresh = maybe\n", "a value build_settings refuses"),
+    ("[dev]\nredirect_port = banana\n", "a value build_settings refuses"),
+    ("[dev]\nno_such_key = 1\n", "an unknown key (the full way warns)"),
+    ("this is not ini\n", "a line that is no INI"),
+    ("[dev]\nrefresh_token_passphrase_env =\n    MY_PASS\n", "a value on a continuation line"),
+    ("[COMMON]\nscope = again\n", "a section given twice"),
+])
+def test_a_manager_ini_the_full_way_would_refuse_or_read_otherwise_goes_the_full_way(
+        home, ini_extra, why):
+    (home / ".oci" / "woci_manager.ini").write_text(MANAGER_INI + ini_extra)
+    assert answer(home, "--profile", "dev", "os", "ns", "get") is None, why
+
+
+def test_missing_settings_go_the_full_way_which_says_so(home):
+    (home / ".oci" / "woci_manager.ini").write_text("[COMMON]\nclient_id = c\n")
+    assert answer(home, "--profile", "dev", "os", "ns", "get") is None
+
+
 def test_ini_sections_reads_one_line_values_like_configparser():
-    text = "[a]\nk = v\n  continued\nx: y = z\n; comment = no\n[b]\nk = other\n[a]\nk2=w\r\n"
-    assert woci.ini_sections(text, ("a",)) == {"a": {"k": "v", "x": "y = z", "k2": "w"}}
+    text = "[a]\nk = v\nx: y = z\n; comment = no\n  # indented comment\n[b]\nk = other\n" \
+           "  continued in b\n[c]\nk2=w\r\n"
+    assert woci.ini_sections(text, ("a", "c")) == {"a": {"k": "v", "x": "y = z"},
+                                                    "c": {"k2": "w"}}
+
+
+@pytest.mark.parametrize("text", [
+    "[a]\nk = v\n  continued\n",       # configparser joins it into the value
+    "[a]\nk = v\n[a]\nj = w\n",          # a duplicate section: configparser refuses
+    "[a]\nk = v\nk = w\n",              # a duplicate key: configparser refuses
+    "k = v\n[a]\n",                     # a key before any section
+    "[a]\njust words\n",                # no separator
+])
+def test_ini_sections_gives_up_where_configparser_would_read_otherwise(text):
+    assert woci.ini_sections(text, ("a",)) is None
 
 
 # --- the OKE credential cache ------------------------------------------------------------------
@@ -120,9 +164,10 @@ def credential(expires):
 OKE_ARGS = ["--profile", "dev", "ce", "cluster", "generate-token", "--cluster-id", "c1"]
 
 
-def store(home, output, args=OKE_ARGS):
-    paths = woci.SessionPaths.for_profile("dev", {"HOME": str(home)})
-    key = woci.credential_cache_key(home / ".oci" / "config", "dev", args)
+def store(home, output, args=OKE_ARGS, environ=None):
+    environ = {"HOME": str(home), "PATH": "/usr/bin", **(environ or {})}
+    paths = woci.SessionPaths.for_profile("dev", environ)
+    key = woci.credential_cache_key(home / ".oci" / "config", "dev", args, environ)
     woci.store_credential(paths, key, output)
     return woci.credential_cache_path(paths, key)
 
@@ -143,6 +188,19 @@ def test_the_cache_is_keyed_by_every_argument_and_bypassed_with_no_cache(home):
     store(home, credential(now + 240))
     assert answer(home, *OKE_ARGS[:-1], "c2", now=now) is None
     assert answer(home, "--no-cache", *OKE_ARGS, now=now) is None
+
+
+def test_oci_cli_variables_are_part_of_the_key_but_secrets_are_not_kept(home):
+    """OCI_CLI_REGION makes oci sign for another region: another entry. A variable naming a
+    passphrase is not written into the entry."""
+    now = time.time()
+    output = credential(now + 240)
+    entry = store(home, output, environ={"OCI_CLI_REGION": "us-ashburn-1",
+                                         "OCI_CLI_PASSPHRASE": "hunter2"})
+    assert answer(home, *OKE_ARGS, now=now, OCI_CLI_REGION="us-ashburn-1").output == output
+    assert answer(home, *OKE_ARGS, now=now, OCI_CLI_REGION="us-phoenix-1") is None
+    assert answer(home, *OKE_ARGS, now=now) is None
+    assert "hunter2" not in entry.read_text()
 
 
 def test_an_expired_session_does_not_stop_a_valid_cached_credential(home):

@@ -734,7 +734,7 @@ def test_keyring_round_trip_leaves_only_a_marker_on_disk(tmp_path, file_keyring)
     assert mode_of(paths.keyring_marker) == 0o600
     assert store.stored() and store.load() == "rt-in-keyring"
     assert not store.holds_encrypted() and not store.passphrase.configured
-    assert woci.stored_refresh_token(paths) == ("keyring", None)
+    assert woci.stored_refresh_token(paths) == ("keyring", None, False)
 
 
 def test_file_to_keyring_and_back_keeps_the_token(tmp_path, file_keyring):
@@ -808,10 +808,13 @@ def test_stored_refresh_token_reads_only_files(tmp_path):
     """file / encrypted-file / keyring / none, and a JWT refresh token's exp."""
     paths = woci.SessionPaths(tmp_path / "p")
     paths.folder.mkdir()
-    assert woci.stored_refresh_token(paths) == (None, None)
+    assert woci.stored_refresh_token(paths) == (None, None, False)
     paths.refresh_token.write_text("opaque")
-    assert woci.stored_refresh_token(paths) == ("file", None)
+    assert woci.stored_refresh_token(paths) == ("file", None, False)
     paths.refresh_token.write_text(unsigned_jwt({"exp": 1234}))
-    assert woci.stored_refresh_token(paths) == ("file", 1234)
+    assert woci.stored_refresh_token(paths) == ("file", 1234, False)
     paths.refresh_token.write_bytes(woci.encrypt_refresh_token("t", "pw", 200_000))
-    assert woci.stored_refresh_token(paths) == ("encrypted-file", None)
+    assert woci.stored_refresh_token(paths) == ("encrypted-file", None, False)
+    for damaged in (b"", b"\xff\xfe", b"two words"):
+        paths.refresh_token.write_bytes(damaged)
+        assert woci.stored_refresh_token(paths) == ("file", None, True)   # load() refuses it
