@@ -689,7 +689,7 @@ FLAG_OF_KEY = {spec.key: spec.flag for spec in SETTING_OPTIONS}
 INI_KINDS = {**{spec.key: ("bool" if spec.kind == "flag" else spec.kind)
                 for spec in SETTING_OPTIONS if spec.in_ini}, **INI_ONLY_KEYS}
 REQUIRED_KEYS = ("authz_base_url", "token_url", "auth_client_id", "client_id", "client_secret")
-# With issuer set, discovery gives these; explicit values still win (SPEC 3).
+# With issuer set, discovery gives these; explicit values still win.
 DISCOVERABLE_KEYS = ("authz_base_url", "token_url")
 SECRET_KEYS = tuple(spec.key for spec in OPTIONS if spec.secret)
 # The OCI options woci reads, by flag: their values also decide oci's command words.
@@ -1622,7 +1622,7 @@ class RefreshTokenStore:
 
 
 class NoPassphrase:
-    """The passphrase of a keyring store: none, the keyring protects the item (SPEC 14)."""
+    """The passphrase of a keyring store: none, the keyring protects the item."""
 
     configured = False
 
@@ -3900,7 +3900,7 @@ def stop_daemon(paths: SessionPaths, profile: str,
 
 class StatusReport(collections.namedtuple("StatusReport",
                                           "document token_problem daemon_problem")):
-    """--status: the JSON object of SPEC 12, exactly, and for the text only why the token
+    """--status: the JSON object of the contract, exactly, and for the text only why the token
     file or the daemon's pid file is unusable."""
 
     __slots__ = ()
@@ -4734,7 +4734,7 @@ def run_daemon_control(cmd: CommandLine, environ: Mapping[str, str]) -> int:
 
 
 def run_status_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
-    """--status needs only the profile: no settings, no network, no lock (SPEC 12)."""
+    """--status needs only the profile: no settings, no network, no lock."""
     profile = resolve_profile(cmd, environ)
     now = time.time()
     report = session_status(SessionPaths.for_profile(profile, environ), profile, now)
