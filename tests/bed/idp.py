@@ -282,6 +282,9 @@ class TestIdP:
             return list(self._events)
 
     def count(self, event: str, **match: Any) -> int:
+        """How many such events the provider emitted for requests answered before this call
+        (it syncs first: a count read at once could miss the newest)."""
+        self.sync()
         return sum(1 for e in self.events if _matches(e, event, match))
 
     def mark(self) -> int:
@@ -289,7 +292,13 @@ class TestIdP:
         with self._lock:
             return len(self._events)
 
-    def events_since(self, mark: int, event: Optional[str] = None, **match: Any) -> List[Dict[str, Any]]:
+    def events_since(self, mark: int, event: Optional[str] = None, *, synced: bool = True,
+                     **match: Any) -> List[Dict[str, Any]]:
+        """The events at or after mark (named event, with these fields). It syncs first, so
+        every event of a request answered before the call is there; synced=False reads what
+        has arrived so far (wait_for polls that way)."""
+        if synced:
+            self.sync()
         with self._lock:
             tail = list(self._events[mark:])
         if event is None:
@@ -304,7 +313,7 @@ class TestIdP:
         """
 
         def first_match() -> Optional[Dict[str, Any]]:
-            found = self.events_since(since, event, **match)
+            found = self.events_since(since, event, synced=False, **match)
             if found:
                 return found[0]
             proc = self._proc
