@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.bed.emulator import ABSURD_UPST_FAULTS
+from tests.polling import wait_until
 from tests.e2e.conftest import (OCI_CLIENT_SECRET, RUN_TIMEOUT, WOCI, assert_namespace_printed,
                                 free_port)
 
@@ -36,14 +37,6 @@ WAIT = 30   # bound for waiting on a signal from the bed
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def refresh_grants(idp, mark):
@@ -97,17 +90,16 @@ def finish(proc, timeout=RUN_TIMEOUT):
 
 def wait_for_listener(port, proc, timeout=WAIT):
     """Poll-connect until something listens on 127.0.0.1:port (woci's callback)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def listening():
         if proc.poll() is not None:
             raise AssertionError(f"woci exited ({proc.returncode}) before listening on {port}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
+            return True
         except OSError:
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
-            time.sleep(0.05)
+            return False
+
+    wait_until(listening, timeout, f"something listening on 127.0.0.1:{port}")
 
 
 def http_get(port, target):
