@@ -1305,6 +1305,16 @@ class FileLock:
             self.fd = None
 
 
+def held_elsewhere(fd: int) -> bool:
+    """True when another process holds an exclusive flock on fd's file; asking takes nothing
+    that outlives the fd."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    return False
+
+
 class ProfileLock(FileLock):
     """Held around read refresh token -> refresh -> exchange -> write, and around a sign-in,
     so parallel runs make one refresh and open one browser tab."""
@@ -1822,12 +1832,22 @@ def _key_of(line: str) -> str | None:
     return line[:cut].strip().lower() if cut >= 0 else None
 
 
+def _section_bounds(lines: list[str], profile: str) -> tuple[int, int] | None:
+    """The index of the profile's header line and of the line after its section, or None."""
+    start = next((i for i, line in enumerate(lines) if _is_section_header(line) == profile), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(lines)) if _is_section_header(lines[i])),
+               len(lines))
+    return start, end
+
+
 def upsert_profile(text: str | None, profile: str, values: Mapping[str, str]) -> str:
     """The config text with the profile's keys set; every other byte stays as it was."""
     newline = "\r\n" if text and "\r\n" in text else "\n"
     lines = split_config_lines(text or "")
-    start = next((i for i, line in enumerate(lines) if _is_section_header(line) == profile), None)
-    if start is None:
+    bounds = _section_bounds(lines, profile)
+    if bounds is None:
         out = "".join(lines)
         if out and not out.endswith(("\n", "\r")):
             out += newline
@@ -1837,8 +1857,7 @@ def upsert_profile(text: str | None, profile: str, values: Mapping[str, str]) ->
         out += "".join(f"{key}={value}{newline}" for key, value in values.items())
         return out
 
-    end = next((i for i in range(start + 1, len(lines)) if _is_section_header(lines[i])),
-               len(lines))
+    start, end = bounds
     section = lines[start + 1:end]
     pending = dict(values)
     kept: list[str] = []
@@ -1867,11 +1886,10 @@ def remove_profile_keys(text: str, profile: str, keys: tuple[str, ...]) -> tuple
     """The config text without these keys (and their continuation lines) in the profile's
     section, and the keys that were there; every other byte stays as it was."""
     lines = split_config_lines(text)
-    start = next((i for i, line in enumerate(lines) if _is_section_header(line) == profile), None)
-    if start is None:
+    bounds = _section_bounds(lines, profile)
+    if bounds is None:
         return text, []
-    end = next((i for i in range(start + 1, len(lines)) if _is_section_header(lines[i])),
-               len(lines))
+    start, end = bounds
     kept: list[str] = []
     removed: list[str] = []
     skipping_continuation = False
@@ -1939,14 +1957,18 @@ def profile_values(settings: Settings, paths: SessionPaths, config: configparser
     return values
 
 
+def points_at_session(values: Mapping[str, str], paths: SessionPaths,
+                      environ: Mapping[str, str]) -> bool:
+    """True when a profile's values name a key and this session's token file."""
+    token_file = values.get("security_token_file", "")
+    return bool(values.get("key_file")) and bool(token_file) and \
+        expand_home(token_file, environ) == paths.token.absolute()
+
+
 def profile_is_wired(config: configparser.ConfigParser, profile: str, paths: SessionPaths,
                      environ: Mapping[str, str]) -> bool:
     """True when the OCI profile already points at this session's token and has a key."""
-    if not profile_exists(config, profile):
-        return False
-    token_file = config.get(profile, "security_token_file", fallback="")
-    return (bool(config.get(profile, "key_file", fallback=""))
-            and expand_home(token_file, environ) == paths.token.absolute())
+    return profile_exists(config, profile) and points_at_session(config[profile], paths, environ)
 
 
 def stored_key_fingerprint(paths: SessionPaths) -> str | None:
@@ -2054,18 +2076,15 @@ def _fast_profile_points_here(config_file: Path, profile: str, paths: SessionPat
     if sections is None or (profile not in sections and profile != DEFAULT_PROFILE):
         return False
     values = {**sections.get(DEFAULT_PROFILE, {}), **sections.get(profile, {})}
-    token_file = values.get("security_token_file", "")
-    return bool(values.get("key_file")) and bool(token_file) and \
-        expand_home(token_file, environ) == paths.token.absolute()
+    return points_at_session(values, paths, environ)
 
 
-def _fast_settings(cmd: CommandLine, environ: Mapping[str, str]) -> Settings | None:
+def _fast_settings(cmd: CommandLine, environ: Mapping[str, str], config_file: Path,
+                   profile: str) -> Settings | None:
     """build_settings on the manager INI as this section's reader sees it: the same checks,
     the same precedence; None for anything the full way should report (a file it cannot
     read, a key it does not know, a value it refuses, a setting missing)."""
-    candidates, explicit = manager_config_candidates(cmd, environ,
-                                                     resolve_oci_config_file(cmd, environ))
-    profile = resolve_profile(cmd, environ)
+    candidates, explicit = manager_config_candidates(cmd, environ, config_file)
     path, values = None, {}
     for candidate in candidates:
         text = _read_text(candidate)
@@ -2169,7 +2188,7 @@ def fast_path(argv: list[str], environ: Mapping[str, str], now: float) -> FastAn
     if not session_is_fresh(read_session_token(paths), now, EXPIRY_MARGIN_SECONDS) or \
             not _fast_profile_points_here(config_file, profile, paths, environ):
         return None
-    settings = _fast_settings(cmd, environ)
+    settings = _fast_settings(cmd, environ, config_file, profile)
     if settings is None or settings.auto_refresh:
         return None
     if action is OciAction.NONE:
@@ -3579,21 +3598,13 @@ class PidFile:
             raise DaemonError(f"cannot read the daemon's pid file {self.path}: "
                               f"{describe_os_error(exc)}") from exc
 
-    @staticmethod
-    def _held(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        return False
-
     def holder(self) -> int | None:
         """The pid of the live daemon, or None when none holds the file. Changes nothing."""
         fd = self._open()
         if fd is None:
             return None
         try:
-            if not self._held(fd):
+            if not held_elsewhere(fd):
                 return None
             text = os.read(fd, 64).decode("ascii", "replace").strip()
         finally:
@@ -3609,7 +3620,7 @@ class PidFile:
         if fd is None:
             return False
         try:
-            if self._held(fd):
+            if held_elsewhere(fd):
                 return False
             log().warning("removing a stale pid file %s (its daemon is gone)", self.path)
             try:
@@ -3840,10 +3851,7 @@ def _profile_lock_busy(path: Path) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
+        return held_elsewhere(fd)
     finally:
         os.close(fd)
 
