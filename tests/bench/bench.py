@@ -7,6 +7,10 @@ fast     The fast path: a valid session, then exec of a stub `oci`. Three run mo
          script by path; `python -m` with the file's folder on PYTHONPATH), each interleaved
          with `python -c pass` of the same interpreter, in the same rounds. Peak RSS from
          GNU time (`/usr/bin/time -f %M`) in a few extra rounds. `python -X importtime` of it.
+         Two floors in the same rounds, with their ratio to `python -c pass` (no target):
+         `python -c 'import json'` (json pulls in re, enum, functools, collections), and a
+         15-line reference script that does only what a valid-session run must (profile's
+         token file, exp via base64 + json, exec oci).
 renewal  The test bed (tests/bed: the real OpenID provider and the OCI emulator, in-process as
          the e2e fixtures start them), one scripted-browser sign-in, then the token file forced
          stale and `woci --profile P` timed while it renews. Counting TCP proxies in front of
@@ -92,6 +96,7 @@ KEYS_BY_PART = {
     "fast": ("fast_path_ratio_console", "fast_path_ratio_script", "fast_path_ratio_module",
              "fast_path_ms_console", "fast_path_ms_script", "fast_path_ms_module",
              "python_pass_ms", "fast_path_peak_mib", "python_pass_peak_mib",
+             "python_import_json_ratio", "reference_fast_path_ratio",
              "fast_path_heavy_imports", "fast_path_top_imports"),
     "renewal": ("signin_ms", "renewal_ms", "renewal_peak_mib", "renewal_connections",
                 "renewal_connections_provider", "renewal_connections_exchange"),
@@ -308,6 +313,30 @@ def fast_path_home(root: Path) -> Path:
     return home
 
 
+# A measurement device, not a product: the least a valid-session run must do and nothing more
+# (find the profile's security_token_file in ~/.oci/config with a plain line split, decode the
+# token's exp with base64 + json, check it is more than 60 s ahead, exec oci), so the table
+# shows, beside woci, the floor of any fast path written in Python. It is run by path like the
+# script mode, but at 15 lines its compile cost (no cached bytecode for a script) is negligible.
+REFERENCE_FAST_PATH = """\
+import base64, json, os, sys, time
+profile, args = sys.argv[2], sys.argv[3:]
+section = token_file = None
+with open(os.path.expanduser("~/.oci/config")) as config:
+    for line in map(str.strip, config):
+        if line.startswith("["):
+            section = line[1:-1]
+        elif section == profile and line.split("=", 1)[0].strip() == "security_token_file":
+            token_file = line.split("=", 1)[1].strip()
+with open(token_file) as f:
+    payload = f.read().strip().split(".")[1]
+claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+if claims["exp"] - time.time() <= 60:
+    sys.exit("reference fast path: session not valid")
+os.execvp("oci", ["oci", "--profile", profile, "--auth", "security_token", *args])
+"""
+
+
 def rss_runs(runs: int) -> int:
     return max(2, runs // 5) if GNU_TIME else 0
 
@@ -318,6 +347,8 @@ def fast_path(install: Install, tmp: Path, runs: int, seed: int) -> dict:
     env_pp = {**env, "PYTHONPATH": str(install.src)}
     py = str(install.python)
     args = ["--profile", PROFILE, "os", "ns", "get"]
+    reference = tmp / "reference_fast_path.py"
+    reference.write_text(REFERENCE_FAST_PATH)
     variants = {
         "pass": ([py, "-c", "pass"], env),
         "console": ([str(install.woci), *args], env),
@@ -326,6 +357,8 @@ def fast_path(install: Install, tmp: Path, runs: int, seed: int) -> dict:
         "module": ([py, "-m", MODULE, *args], env_pp),
         "import": ([py, "-c", f"import {MODULE}"], env_pp),
         "stub": ([str(install.stub_bin / "oci"), *args], env),
+        "json": ([py, "-c", "import json"], env),
+        "reference": ([py, str(reference), *args], env),
     }
     # Warm-up: the first runs write tmp/src/__pycache__ (bytecode writing is on, as for users)
     # and warm the page cache; they are not counted.
@@ -363,6 +396,8 @@ def fast_path(install: Install, tmp: Path, runs: int, seed: int) -> dict:
         "fast_path_ratio_console": med["console"] / med["pass"],
         "fast_path_ratio_script": med["script"] / med["pass"],
         "fast_path_ratio_module": med["module"] / med["pass_pp"],
+        "python_import_json_ratio": med["json"] / med["pass"],
+        "reference_fast_path_ratio": med["reference"] / med["pass"],
         "fast_path_ms_console": med["console"],
         "fast_path_ms_script": med["script"],
         "fast_path_ms_module": med["module"],
@@ -939,7 +974,7 @@ def print_table(data: dict) -> None:
     line(f"load average (1 min) at start {m['loadavg_start']}, at end {m['loadavg_end']}; "
          f"the whole run took {m['bench_seconds']:.0f} s")
     line("")
-    row = "{:<50} {:>11} {:>11} {:>11} {:>9} {:>8} {:>9} {:>4}"
+    row = "{:<56} {:>11} {:>11} {:>11} {:>9} {:>8} {:>9} {:>4}"
     fast = data.get("fast_table")
     if fast:
         line(f"fast path: valid session, stub oci (a link to `true`: a measurement device), "
@@ -956,6 +991,10 @@ def print_table(data: dict) -> None:
              data["fast_path_ratio_module"]),
             ("import", "python -c 'import oci_upst_session_manager'", None, None),
             ("stub", "stub oci alone", None, None),
+            ("json", "python -c 'import json' (floor: json pulls in re, enum)", None,
+             data["python_import_json_ratio"]),
+            ("reference", "reference 15-line fast path (base64 + json + exec)", None,
+             data["reference_fast_path_ratio"]),
         ]
         for name, label, key, ratio in labels:
             s = fast[name]

@@ -14,6 +14,7 @@ from tests.e2e.conftest import REPO
 
 BENCH = REPO / "tests" / "bench" / "bench.py"
 NUMBERS = ("fast_path_ratio_console", "fast_path_ratio_script", "fast_path_ratio_module",
+           "python_import_json_ratio", "reference_fast_path_ratio",
            "fast_path_peak_mib", "renewal_ms", "renewal_connections", "parallel_wall_s",
            "parallel_refresh_grants", "parallel_failures", "daemon_rss_mib",
            "daemon_cpu_s_per_idle_hour", "oke_first_ms", "oke_repeat_ms", "oke_cached_ratio")
