@@ -60,26 +60,24 @@ from __future__ import annotations
 
 # Only what a run with a valid session needs is imported here. It runs at every oci call
 # (kubectl calls it per request), so everything else - requests, jwt, cryptography, logging,
-# configparser, subprocess, tempfile, hashlib and the rest - is imported by the function
-# that needs it, when a renewal, a sign-in or a tool needs it.
+# configparser, subprocess, threading, signal, tempfile, hashlib and the rest - is imported
+# by the function that needs it, when a renewal, a sign-in or a tool needs it. For the same
+# reason paths are strings joined with os.path: pathlib alone costs such a run 3 ms.
 import base64
 import collections
 import enum
 import errno
-import fcntl
 import json
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
 
 TYPE_CHECKING = False   # true only for type checkers: these names appear in annotations only
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     import configparser
     import subprocess
+    import threading
 
 __version__ = "0.1.0"
 
@@ -370,13 +368,12 @@ def add_query(url: str, params: Mapping[str, str]) -> str:
 
 
 def is_http_url(text: str) -> bool:
-    import urllib.parse
-
-    try:
-        parts = urllib.parse.urlsplit(text)
-    except ValueError:   # e.g. an unclosed IPv6 bracket
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
+    """http:// or https:// and a host. Not urllib.parse: it imports ipaddress, which would
+    cost every run that checks its settings 1.5 ms; requests parses the URL in full when a
+    renewal uses it."""
+    scheme, separator, rest = text.partition("://")
+    return bool(separator) and scheme.lower() in ("http", "https") and \
+        rest[:1] not in ("", "/", "?", "#")
 
 
 def shown(value: object, limit: int = 120) -> str:
@@ -480,14 +477,21 @@ def describe_os_error(exc: BaseException) -> str:
     return one_line(exc)
 
 
-def home_folder(environ: Mapping[str, str]) -> Path:
-    return Path(environ.get("HOME") or Path.home())
+def home_folder(environ: Mapping[str, str]) -> str:
+    return environ.get("HOME") or os.path.expanduser("~")
 
 
-def expand_home(path: str, environ: Mapping[str, str]) -> Path:
+def expand_home(path: str, environ: Mapping[str, str]) -> str:
+    """~ and ~/... in the user's HOME (environ's, so tests and the daemon agree)."""
     if path == "~" or path.startswith("~/"):
-        return home_folder(environ) / path[2:]
-    return Path(path)
+        return os.path.join(home_folder(environ), path[2:]) if path[2:] else home_folder(environ)
+    return path
+
+
+def absolute(path: str) -> str:
+    """path from the working folder, spelled as given otherwise (like Path.absolute(): no
+    symlink or '..' resolved)."""
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
 def configure_logging(level: str, daemon: bool = False) -> None:
@@ -915,19 +919,21 @@ def resolve_profile(cmd: CommandLine, environ: Mapping[str, str]) -> str:
     return profile
 
 
-def resolve_oci_config_file(cmd: CommandLine, environ: Mapping[str, str]) -> Path:
+def resolve_oci_config_file(cmd: CommandLine, environ: Mapping[str, str]) -> str:
     path = cmd.oci_options.get("config_file") or environ.get("OCI_CLI_CONFIG_FILE")
-    return expand_home(path, environ) if path else home_folder(environ) / ".oci" / "config"
+    if path:
+        return expand_home(path, environ)
+    return os.path.join(home_folder(environ), ".oci", "config")
 
 
 def manager_config_candidates(cmd: CommandLine, environ: Mapping[str, str],
-                              oci_config_file: Path) -> tuple[list[Path], bool]:
+                              oci_config_file: str) -> tuple[list[str], bool]:
     """Where to look for the manager INI, and whether the path was given explicitly."""
     explicit = cmd.woci.get("manager_config") or environ.get("WOCI_MANAGER_CONFIG")
     if explicit:
         return [expand_home(str(explicit), environ)], True
-    return [oci_config_file.parent / MANAGER_INI_NAME,
-            home_folder(environ) / ".oci" / MANAGER_INI_NAME], False
+    return [os.path.join(os.path.dirname(oci_config_file), MANAGER_INI_NAME),
+            os.path.join(home_folder(environ), ".oci", MANAGER_INI_NAME)], False
 
 
 def parse_manager_ini(text: str, source: str) -> configparser.ConfigParser:
@@ -942,11 +948,12 @@ def parse_manager_ini(text: str, source: str) -> configparser.ConfigParser:
     return parser
 
 
-def load_manager_ini(candidates: list[Path], explicit: bool
-                     ) -> tuple[Path | None, configparser.ConfigParser | None]:
+def load_manager_ini(candidates: list[str], explicit: bool
+                     ) -> tuple[str | None, configparser.ConfigParser | None]:
     for path in candidates:
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
         except FileNotFoundError:
             if explicit:
                 raise ConfigError(f"manager config {path} does not exist")
@@ -1025,7 +1032,7 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
 
 def build_settings(cmd: CommandLine, environ: Mapping[str, str],
                    manager_ini: configparser.ConfigParser | None,
-                   manager_path: Path | None,
+                   manager_path: str | None,
                    required: tuple[str, ...] = REQUIRED_KEYS,
                    ini: Mapping[str, str] | None = None) -> Settings:
     """Settings from flag > environment (secrets) > INI [profile] > INI [COMMON] > defaults.
@@ -1103,7 +1110,7 @@ class SettingSource(collections.namedtuple("SettingSource", "key value source pr
 
 def describe_settings(cmd: CommandLine, environ: Mapping[str, str],
                       manager_ini: configparser.ConfigParser | None,
-                      manager_path: Path | None) -> list[SettingSource]:
+                      manager_path: str | None) -> list[SettingSource]:
     """Every setting with the source that wins, in build_settings' order of precedence."""
     profile = resolve_profile(cmd, environ)
     specs = {spec.key: spec for spec in SETTING_OPTIONS}
@@ -1146,14 +1153,14 @@ def describe_settings(cmd: CommandLine, environ: Mapping[str, str],
     return described
 
 
-def warn_if_secrets_exposed(path: Path | None, manager_ini: configparser.ConfigParser | None
+def warn_if_secrets_exposed(path: str | None, manager_ini: configparser.ConfigParser | None
                             ) -> None:
     if path is None or manager_ini is None:
         return
     holds_secret = any(manager_ini.has_option(section, key)
                        for section in manager_ini.sections() for key in SECRET_KEYS)
     try:
-        mode = path.stat().st_mode
+        mode = os.stat(path).st_mode
     except OSError:
         return
     if holds_secret and mode & 0o077:
@@ -1173,42 +1180,41 @@ class SessionPaths(collections.namedtuple("SessionPaths", "folder")):
 
     @classmethod
     def for_profile(cls, profile: str, environ: Mapping[str, str]) -> "SessionPaths":
-        return cls(home_folder(environ) / ".oci" / SESSIONS_FOLDER / profile)
+        return cls(os.path.join(home_folder(environ), ".oci", SESSIONS_FOLDER, profile))
 
-    root = property(lambda self: self.folder.parent)   # ~/.oci/sessions, all profiles'
+    root = property(lambda self: os.path.dirname(self.folder))   # ~/.oci/sessions, all profiles'
 
-    token = property(lambda self: self.folder / TOKEN_FILE)
-    key = property(lambda self: self.folder / KEY_FILE)
-    public_key = property(lambda self: self.folder / PUBLIC_KEY_FILE)
-    refresh_token = property(lambda self: self.folder / REFRESH_TOKEN_FILE)
-    keyring_marker = property(lambda self: self.folder / KEYRING_MARKER_FILE)
-    lock = property(lambda self: self.folder / LOCK_FILE)
-    discovery = property(lambda self: self.folder / DISCOVERY_FILE)
-    pid = property(lambda self: self.folder / PID_FILE)
-    daemon_state = property(lambda self: self.folder / DAEMON_STATE_FILE)
-    daemon_log = property(lambda self: self.folder / DAEMON_LOG_FILE)
-    credential_cache = property(lambda self: self.folder / CREDENTIAL_CACHE_FOLDER)
+    token = property(lambda self: os.path.join(self.folder, TOKEN_FILE))
+    key = property(lambda self: os.path.join(self.folder, KEY_FILE))
+    public_key = property(lambda self: os.path.join(self.folder, PUBLIC_KEY_FILE))
+    refresh_token = property(lambda self: os.path.join(self.folder, REFRESH_TOKEN_FILE))
+    keyring_marker = property(lambda self: os.path.join(self.folder, KEYRING_MARKER_FILE))
+    lock = property(lambda self: os.path.join(self.folder, LOCK_FILE))
+    discovery = property(lambda self: os.path.join(self.folder, DISCOVERY_FILE))
+    pid = property(lambda self: os.path.join(self.folder, PID_FILE))
+    daemon_state = property(lambda self: os.path.join(self.folder, DAEMON_STATE_FILE))
+    daemon_log = property(lambda self: os.path.join(self.folder, DAEMON_LOG_FILE))
+    credential_cache = property(lambda self: os.path.join(self.folder, CREDENTIAL_CACHE_FOLDER))
 
 
-def ensure_private_folder(folder: Path) -> None:
+def ensure_private_folder(folder: str) -> None:
     """The folder, with any missing parents (~/.oci, sessions), made 0700 where woci makes them.
 
     A folder that exists already is the user's: its mode is never changed (a config file in
     ~/project, or /tmp with its sticky bit).
     """
-    missing = []
-    for candidate in (folder, *folder.parents):
-        if candidate.exists():
-            break
+    missing, candidate = [], folder
+    while candidate and not os.path.exists(candidate):
         missing.append(candidate)
+        candidate = os.path.dirname(candidate)   # ends at "/" (which exists) or "" (relative)
     try:
         for path in reversed(missing):
-            path.mkdir(mode=0o700, exist_ok=True)
+            os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create {folder}: {describe_os_error(exc)}") from exc
 
 
-def _fsync_folder(folder: Path) -> None:
+def _fsync_folder(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -1221,13 +1227,14 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     """Write via a temporary file in the same folder, fsync, rename: readers see old or new."""
-    folder = path.parent
+    folder = os.path.dirname(path) or "."
     import tempfile
 
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                   dir=folder)
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
     try:
@@ -1247,9 +1254,10 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
 
 
-def read_file_if_present(path: Path) -> bytes | None:
+def read_file_if_present(path: str) -> bytes | None:
     try:
-        return path.read_bytes()
+        with open(path, "rb") as handle:
+            return handle.read()
     except FileNotFoundError:
         return None
     except IsADirectoryError as exc:
@@ -1258,13 +1266,22 @@ def read_file_if_present(path: Path) -> bytes | None:
         raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from exc
 
 
+def remove_if_present(path: str) -> bool:
+    """Delete a file; False when it was not there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class FileLock:
     """An exclusive flock on a lock file (never the data file), bounded wait.
 
     The OS frees it when the holder dies, so a killed woci never leaves a stale lock.
     """
 
-    def __init__(self, path: Path, timeout: float, busy_message: str,
+    def __init__(self, path: str, timeout: float, busy_message: str,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
         self.path, self.timeout, self.busy_message = path, timeout, busy_message
@@ -1272,12 +1289,14 @@ class FileLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "FileLock":
-        ensure_private_folder(self.path.parent)
+        ensure_private_folder(os.path.dirname(self.path))
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot open lock file {self.path}: "
                                f"{describe_os_error(exc)}") from exc
+        import fcntl
+
         deadline = self.clock() + self.timeout
         logged = False
         while True:
@@ -1308,6 +1327,8 @@ class FileLock:
 def held_elsewhere(fd: int) -> bool:
     """True when another process holds an exclusive flock on fd's file; asking takes nothing
     that outlives the fd."""
+    import fcntl
+
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
@@ -1319,7 +1340,7 @@ class ProfileLock(FileLock):
     """Held around read refresh token -> refresh -> exchange -> write, and around a sign-in,
     so parallel runs make one refresh and open one browser tab."""
 
-    def __init__(self, path: Path, timeout: float, profile: str, **seams):
+    def __init__(self, path: str, timeout: float, profile: str, **seams):
         super().__init__(path, timeout, f"another woci has been renewing profile {profile}",
                          **seams)
 
@@ -1331,11 +1352,11 @@ class ConfigLock(FileLock):
     comes from the file's real path, and it lives among the sessions, not beside the config.
     """
 
-    def __init__(self, sessions_root: Path, config_file: Path, **seams):
+    def __init__(self, sessions_root: str, config_file: str, **seams):
         import hashlib
 
         digest = hashlib.sha256(os.path.realpath(config_file).encode()).hexdigest()[:16]
-        super().__init__(sessions_root / f"{CONFIG_LOCK_PREFIX}{digest}.lock",
+        super().__init__(os.path.join(sessions_root, f"{CONFIG_LOCK_PREFIX}{digest}.lock"),
                          CONFIG_LOCK_TIMEOUT_SECONDS,
                          f"another woci has been writing {config_file}", **seams)
 
@@ -1459,7 +1480,7 @@ def is_encrypted_document(raw: bytes) -> bool:
     return raw.lstrip()[:1] == b"{"
 
 
-def decrypt_refresh_token(raw: bytes, passphrase: str, path: Path) -> str:
+def decrypt_refresh_token(raw: bytes, passphrase: str, path: str) -> str:
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -1495,15 +1516,15 @@ class KeyringItem(collections.namedtuple("KeyringItem", "service username")):
     __slots__ = ()
 
     @classmethod
-    def for_profile(cls, config_file: Path, profile: str) -> "KeyringItem":
+    def for_profile(cls, config_file: str, profile: str) -> "KeyringItem":
         return cls(KEYRING_SERVICE, f"{os.path.realpath(config_file)} [{profile}]")
 
-    def write_marker(self, path: Path) -> None:
+    def write_marker(self, path: str) -> None:
         atomic_write(path, json.dumps({"service": self.service,
                                        "username": self.username}).encode("utf-8"))
 
     @classmethod
-    def read_marker(cls, path: Path) -> "KeyringItem" | None:
+    def read_marker(cls, path: str) -> "KeyringItem" | None:
         try:
             document = json.loads(read_file_if_present(path) or b"null")
         except (StorageError, ValueError):
@@ -1543,15 +1564,12 @@ def keyring_call(what: str, call: Callable[[], object]) -> object:
                            f"{one_line(exc)[:200]}") from exc
 
 
-def drop_keyring_item(marker: Path, fallback: KeyringItem, backend) -> None:
+def drop_keyring_item(marker: str, fallback: KeyringItem, backend) -> None:
     """Delete the item the marker names, then the marker; an item already gone is no error."""
     item = KeyringItem.read_marker(marker) or fallback
     if keyring_call("read", lambda: backend.get_password(item.service, item.username)):
         keyring_call("delete from", lambda: backend.delete_password(item.service, item.username))
-    try:
-        marker.unlink()
-    except FileNotFoundError:
-        pass
+    remove_if_present(marker)
 
 
 class RefreshTokenStore:
@@ -1561,21 +1579,22 @@ class RefreshTokenStore:
     then moves a token from the keyring back into the file (refresh_token_storage = file).
     """
 
-    def __init__(self, path: Path, passphrase: PassphraseSource,
-                 keyring_marker: Path | None = None, item: KeyringItem | None = None,
+    def __init__(self, path: str, passphrase: PassphraseSource,
+                 keyring_marker: str | None = None, item: KeyringItem | None = None,
                  open_backend: Callable[[], tuple[object | None, str]] = open_keyring):
         self.path, self.passphrase = path, passphrase
         self.keyring_marker, self.item, self.open_backend = keyring_marker, item, open_backend
 
     def stored(self) -> bool:
         """A refresh token is here or in the keyring to be moved here; no keyring opened."""
-        return self.path.exists() or bool(self.keyring_marker and self.keyring_marker.exists())
+        marker = self.keyring_marker
+        return os.path.exists(self.path) or bool(marker and os.path.exists(marker))
 
     def settle(self) -> None:
         """Move a token left in the keyring into the file; called once under the profile lock.
         A file written while the keyring was unusable is newer than the keyring item."""
         marker = self.keyring_marker
-        if marker is None or not marker.exists():
+        if marker is None or not os.path.exists(marker):
             return
         backend, why = self.open_backend()
         if backend is None:
@@ -1584,9 +1603,9 @@ class RefreshTokenStore:
             return
         item = KeyringItem.read_marker(marker) or self.item
         if item is None:
-            marker.unlink(missing_ok=True)
+            remove_if_present(marker)
             return
-        if not self.path.exists():
+        if not os.path.exists(self.path):
             token = keyring_call("read", lambda: backend.get_password(item.service,
                                                                       item.username))
             if isinstance(token, str) and token:
@@ -1649,7 +1668,7 @@ class KeyringRefreshTokenStore:
     the file is the newer one: every keyring save removes the file.
     """
 
-    def __init__(self, item: KeyringItem, file_store: RefreshTokenStore, marker: Path,
+    def __init__(self, item: KeyringItem, file_store: RefreshTokenStore, marker: str,
                  open_backend: Callable[[], tuple[object | None, str]] = open_keyring):
         self.item, self.file_store, self.marker = item, file_store, marker
         self.open_backend = open_backend
@@ -1671,16 +1690,16 @@ class KeyringRefreshTokenStore:
         return self.file_store.passphrase if self._keyring() is None else NoPassphrase()
 
     @property
-    def path(self) -> Path:
+    def path(self) -> str:
         """Where the token is, for messages: the file when the keyring cannot be used."""
         return self.file_store.path if self._keyring() is None else self.marker
 
     def stored(self) -> bool:
-        return self.marker.exists() or self.file_store.path.exists()
+        return os.path.exists(self.marker) or os.path.exists(self.file_store.path)
 
     def settle(self) -> None:
         """Move a token from the file into the keyring; called once under the profile lock."""
-        if self._keyring() is None or not self.file_store.path.exists():
+        if self._keyring() is None or not os.path.exists(self.file_store.path):
             return
         token = self.file_store.load()
         if token is not None:
@@ -1689,9 +1708,9 @@ class KeyringRefreshTokenStore:
 
     def load(self) -> str | None:
         backend = self._keyring()
-        if backend is None or self.file_store.path.exists():
+        if backend is None or os.path.exists(self.file_store.path):
             return self.file_store.load()
-        if not self.marker.exists():
+        if not os.path.exists(self.marker):
             return None
         item = KeyringItem.read_marker(self.marker) or self.item
         token = keyring_call("read", lambda: backend.get_password(item.service, item.username))
@@ -1723,7 +1742,7 @@ class KeyringRefreshTokenStore:
             except StorageError as exc:
                 log().warning("%s (an old item of woci's)", exc)
         try:
-            self.file_store.path.unlink()
+            os.unlink(self.file_store.path)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -1769,7 +1788,7 @@ def stored_refresh_token(paths: SessionPaths) -> StoredRefreshToken:
         if not text or any(ch.isspace() or not ch.isprintable() for ch in text):
             return StoredRefreshToken("file", None, True)
         return StoredRefreshToken("file", jwt_expiry_or_none(text))
-    if paths.keyring_marker.exists():
+    if os.path.exists(paths.keyring_marker):
         return StoredRefreshToken("keyring", None)
     return StoredRefreshToken(None, None)
 
@@ -1792,7 +1811,7 @@ def split_config_lines(text: str) -> list[str]:
     return lines
 
 
-def read_oci_config(path: Path) -> tuple[str | None, configparser.ConfigParser]:
+def read_oci_config(path: str) -> tuple[str | None, configparser.ConfigParser]:
     """The OCI config's text (None when absent) and its parse, refusing one oci could not read."""
     import configparser
 
@@ -1907,15 +1926,15 @@ def remove_profile_keys(text: str, profile: str, keys: tuple[str, ...]) -> tuple
     return "".join(lines[:start + 1] + kept + lines[end:]), [k for k in keys if k in removed]
 
 
-def write_oci_config(path: Path, old_text: str | None, new_text: str) -> None:
+def write_oci_config(path: str, old_text: str | None, new_text: str) -> None:
     if old_text == new_text:
         return
-    target = Path(os.path.realpath(path))
+    target = os.path.realpath(path)
     try:
-        mode = target.stat().st_mode & 0o777
+        mode = os.stat(target).st_mode & 0o777
     except FileNotFoundError:
         mode = 0o600
-        ensure_private_folder(target.parent)
+        ensure_private_folder(os.path.dirname(target))
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
     atomic_write(target, new_text.encode("utf-8"), mode)
@@ -1925,22 +1944,21 @@ def write_oci_config(path: Path, old_text: str | None, new_text: str) -> None:
 
 
 def session_key_path(config: configparser.ConfigParser, profile: str, paths: SessionPaths,
-                     environ: Mapping[str, str]) -> Path:
+                     environ: Mapping[str, str]) -> str:
     """The profile's own key_file when it lies in the session folder, else the session's."""
     if profile_exists(config, profile):
         configured = config.get(profile, "key_file", fallback=None)
         if configured:
             path = expand_home(configured, environ)
-            if path.parent.resolve() == paths.folder.resolve():
+            if os.path.realpath(os.path.dirname(path)) == os.path.realpath(paths.folder):
                 return path
     return paths.key
 
 
 def profile_values(settings: Settings, paths: SessionPaths, config: configparser.ConfigParser,
-                   key_path: Path, upst: str, fingerprint: str | None) -> dict[str, str]:
+                   key_path: str, upst: str, fingerprint: str | None) -> dict[str, str]:
     """What the profile must say for oci and the SDKs to use this session."""
-    values = {"key_file": str(key_path.absolute()),
-              "security_token_file": str(paths.token.absolute())}
+    values = {"key_file": absolute(key_path), "security_token_file": absolute(paths.token)}
     if fingerprint:
         values["fingerprint"] = fingerprint
     tenant = jwt_claims_unverified(upst).get("tenant")
@@ -1962,7 +1980,7 @@ def points_at_session(values: Mapping[str, str], paths: SessionPaths,
     """True when a profile's values name a key and this session's token file."""
     token_file = values.get("security_token_file", "")
     return bool(values.get("key_file")) and bool(token_file) and \
-        expand_home(token_file, environ) == paths.token.absolute()
+        expand_home(token_file, environ) == absolute(paths.token)
 
 
 def profile_is_wired(config: configparser.ConfigParser, profile: str, paths: SessionPaths,
@@ -1981,7 +1999,7 @@ def stored_key_fingerprint(paths: SessionPaths) -> str | None:
 
 
 def update_oci_profile(settings: Settings, paths: SessionPaths, environ: Mapping[str, str],
-                       key_path: Path, upst: str, fingerprint: str | None) -> None:
+                       key_path: str, upst: str, fingerprint: str | None) -> None:
     """Point the profile at the session, applied to the file as it is now, under its lock:
     an edit another tool (or woci for another profile) made meanwhile is kept."""
     with ConfigLock(paths.root, settings.oci_config_file):
@@ -1995,19 +2013,22 @@ def update_oci_profile(settings: Settings, paths: SessionPaths, environ: Mapping
 SESSION_PROFILE_KEYS = ("security_token_file", "key_file", "fingerprint")
 
 
-def forget_session_in_profile(config_file: Path, profile: str, paths: SessionPaths,
+def forget_session_in_profile(config_file: str, profile: str, paths: SessionPaths,
                               environ: Mapping[str, str]) -> list[str]:
     """Remove SESSION_PROFILE_KEYS from the profile, under the config lock, when it points at
     this session (a profile with the user's own API key is not woci's); the keys removed."""
-    folder = paths.folder.resolve()
+    folder = os.path.realpath(paths.folder)
+
+    def in_session_folder(value: str) -> bool:
+        return bool(value) and \
+            os.path.realpath(os.path.dirname(expand_home(value, environ))) == folder
 
     def change(text: str | None, config: configparser.ConfigParser
                ) -> tuple[str | None, list[str]]:
         if text is None or not profile_exists(config, profile):
             return text, []
         pointing = [key for key in ("security_token_file", "key_file")
-                    if config.get(profile, key, fallback="") and
-                    expand_home(config.get(profile, key), environ).parent.resolve() == folder]
+                    if in_session_folder(config.get(profile, key, fallback=""))]
         return remove_profile_keys(text, profile, SESSION_PROFILE_KEYS) if pointing else \
             (text, [])
 
@@ -2061,14 +2082,15 @@ def ini_sections(text: str, wanted: tuple[str, ...]) -> dict[str, dict[str, str]
     return sections
 
 
-def _read_text(path: Path) -> str | None:
+def _read_text(path: str) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
     except (OSError, UnicodeDecodeError):
         return None
 
 
-def _fast_profile_points_here(config_file: Path, profile: str, paths: SessionPaths,
+def _fast_profile_points_here(config_file: str, profile: str, paths: SessionPaths,
                               environ: Mapping[str, str]) -> bool:
     """profile_is_wired without configparser: [DEFAULT] is every profile's base, as in oci."""
     text = _read_text(config_file)
@@ -2079,7 +2101,7 @@ def _fast_profile_points_here(config_file: Path, profile: str, paths: SessionPat
     return points_at_session(values, paths, environ)
 
 
-def _fast_settings(cmd: CommandLine, environ: Mapping[str, str], config_file: Path,
+def _fast_settings(cmd: CommandLine, environ: Mapping[str, str], config_file: str,
                    profile: str) -> Settings | None:
     """build_settings on the manager INI as this section's reader sees it: the same checks,
     the same precedence; None for anything the full way should report (a file it cannot
@@ -2112,7 +2134,7 @@ def is_oke_token_request(oci_args: list[str]) -> bool:
     return oci_command_words(oci_args)[:3] == ["ce", "cluster", "generate-token"]
 
 
-def credential_cache_key(config_file: Path, profile: str, oci_args: list[str],
+def credential_cache_key(config_file: str, profile: str, oci_args: list[str],
                          environ: Mapping[str, str]) -> list[str]:
     """What makes two kubectl calls the same: the config file, the profile, oci's arguments,
     and the OCI_CLI_* variables oci reads (OCI_CLI_REGION picks another cluster's region).
@@ -2120,17 +2142,17 @@ def credential_cache_key(config_file: Path, profile: str, oci_args: list[str],
     variables = sorted(f"{name}={value}" for name, value in environ.items()
                        if name.startswith("OCI_CLI_")
                        and not any(word in name for word in ("PASSPHRASE", "PASSWORD", "SECRET")))
-    return [str(config_file.absolute()), profile, *oci_args, "--environment", *variables]
+    return [absolute(config_file), profile, *oci_args, "--environment", *variables]
 
 
-def credential_cache_path(paths: SessionPaths, key: list[str]) -> Path:
+def credential_cache_path(paths: SessionPaths, key: list[str]) -> str:
     # crc32 comes with base64 (binascii), where hashlib would load OpenSSL on every kubectl
     # call; the entry holds its whole key, so two keys with one crc are two misses, never
     # a wrong answer.
     import binascii
 
     digest = binascii.crc32(json.dumps(key).encode("utf-8"))
-    return paths.credential_cache / f"{digest:08x}.json"
+    return os.path.join(paths.credential_cache, f"{digest:08x}.json")
 
 
 def cached_credential(paths: SessionPaths, key: list[str], now: float) -> bytes | None:
@@ -2227,8 +2249,8 @@ def clear_credential_cache(paths: SessionPaths) -> bool:
 
     folder = paths.credential_cache
     try:
-        if folder.is_symlink():
-            folder.unlink()
+        if os.path.islink(folder):
+            os.unlink(folder)
         else:
             shutil.rmtree(folder)
         return True
@@ -2443,7 +2465,7 @@ class CachedDiscovery(collections.namedtuple("CachedDiscovery", "endpoints age")
     __slots__ = ()
 
 
-def read_discovery_cache(path: Path, issuer: str, now: float) -> CachedDiscovery | None:
+def read_discovery_cache(path: str, issuer: str, now: float) -> CachedDiscovery | None:
     """The endpoints kept for issuer and their age; None when there is no usable copy (none,
     another issuer's, damaged, or dated in the future): it is only a copy."""
     try:
@@ -2465,14 +2487,14 @@ def read_discovery_cache(path: Path, issuer: str, now: float) -> CachedDiscovery
     return CachedDiscovery(endpoints, max(0.0, age))
 
 
-def write_discovery_cache(path: Path, issuer: str, endpoints: Mapping[str, str],
+def write_discovery_cache(path: str, issuer: str, endpoints: Mapping[str, str],
                           now: float) -> None:
     document = {"issuer": issuer, "fetched_at": now, "endpoints": dict(endpoints)}
-    ensure_private_folder(path.parent)
+    ensure_private_folder(os.path.dirname(path))
     atomic_write(path, json.dumps(document, indent=2).encode("utf-8"))
 
 
-def discover(settings: Settings, path: Path, now: Callable[[], float] = time.time,
+def discover(settings: Settings, path: str, now: Callable[[], float] = time.time,
              fetch: Callable[..., dict] = get_json) -> dict[str, str]:
     """The issuer's endpoints: the copy in path while it is less than a day old, else the
     document fetched now (and kept); when fetching fails, a copy up to a week old, with a
@@ -2509,7 +2531,7 @@ def endpoints_needed(settings: Settings, signing_in: bool) -> tuple[str, ...]:
             else "authz_base_url")
 
 
-def resolve_endpoints(settings: Settings, discovery_cache: Path, signing_in: bool = True,
+def resolve_endpoints(settings: Settings, discovery_cache: str, signing_in: bool = True,
                       **seams) -> Settings:
     """The settings with every endpoint a renewal needs: explicit ones as they are, the others
     from discovery, read only when issuer is set and one of them is missing."""
@@ -2531,7 +2553,7 @@ def resolve_endpoints(settings: Settings, discovery_cache: Path, signing_in: boo
     return settings
 
 
-def revocation_endpoint(settings: Settings, discovery_cache: Path | None = None) -> str | None:
+def revocation_endpoint(settings: Settings, discovery_cache: str | None = None) -> str | None:
     """Where --logout revokes the refresh token: the INI's revocation_url, else the issuer's
     revocation_endpoint from discovery (a failed discovery is a warning: None)."""
     if settings.revocation_url or not settings.issuer or discovery_cache is None:
@@ -2655,6 +2677,7 @@ def open_callback_server(port: int, path: str, state: str):
     costs a run with a valid session a third of woci's start-up.
     """
     import http.server
+    import threading
     import urllib.parse
 
     class CallbackServer(http.server.ThreadingHTTPServer):
@@ -2726,6 +2749,8 @@ def open_callback_server(port: int, path: str, state: str):
 
 def wait_for_callback(server, timeout: float) -> CallbackResult:
     """Serve the callback until it has a result or timeout seconds pass, whatever clients do."""
+    import threading
+
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                name="woci-callback", daemon=True)
     serving.start()
@@ -2810,6 +2835,7 @@ def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] | No
     """Authorization Code + PKCE in the browser, the callback on the first free port of
     redirect_port. open_browser defaults to browser_command, else Python's webbrowser."""
     import secrets
+    import threading
 
     if open_browser is None:
         command = browser_command_argv(settings.browser_command) \
@@ -3074,7 +3100,7 @@ def device_sign_in(settings: Settings, now: Callable[[], float] = time.monotonic
 # --------------------------------------------------------------------------------------------
 
 
-def load_private_key(path: Path):
+def load_private_key(path: str):
     from cryptography.hazmat.primitives import serialization
 
     raw = read_file_if_present(path)
@@ -3463,13 +3489,19 @@ class Renewer:
         return state.expires_at - renewal_lead(state, self.safety_window)
 
 
-class AutoRefreshThread(threading.Thread):
-    """Keeps the session fresh while a wrapped command runs; stops on a fatal failure."""
+class AutoRefresher:
+    """Keeps the session fresh in a thread while a wrapped command runs; stops on a fatal
+    failure."""
 
     def __init__(self, renewer: Renewer):
-        super().__init__(name="woci-auto-refresh", daemon=True)
+        import threading
+
         self.renewer = renewer
         self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="woci-auto-refresh", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -3483,7 +3515,7 @@ class AutoRefreshThread(threading.Thread):
     def stop(self) -> None:
         """Let a renewal in flight finish: cut off, it could lose a rotated refresh token."""
         self.stopping.set()
-        self.join(timeout=RENEWAL_MAX_SECONDS)
+        self.thread.join(timeout=RENEWAL_MAX_SECONDS)
 
 
 # --- the daemon -------------------------------------------------------------------------------
@@ -3554,12 +3586,14 @@ class PidFile:
     another process is never mistaken for a live daemon.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: str):
         self.path = path
         self.fd: int | None = None
 
     def acquire(self) -> bool:
         """Lock and write our pid; False if a live daemon holds it."""
+        import fcntl
+
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
@@ -3582,10 +3616,7 @@ class PidFile:
 
     def release(self) -> None:
         if self.fd is not None:
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
+            remove_if_present(self.path)
             os.close(self.fd)
             self.fd = None
 
@@ -3623,11 +3654,7 @@ class PidFile:
             if held_elsewhere(fd):
                 return False
             log().warning("removing a stale pid file %s (its daemon is gone)", self.path)
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                return False
-            return True
+            return remove_if_present(self.path)
         finally:
             os.close(fd)
 
@@ -3641,14 +3668,14 @@ class DaemonState(collections.namedtuple("DaemonState",
 
     __slots__ = ()
 
-    def write(self, path: Path) -> None:
+    def write(self, path: str) -> None:
         last = self.last._asdict() if self.last else None
         document = {"pid": self.pid, "profile": self.profile, "expires_at": self.expires_at,
                     "next_renewal": self.next_check, "last_renewal": last}
         atomic_write(path, json.dumps(document).encode())
 
     @classmethod
-    def read(cls, path: Path) -> "DaemonState" | None:
+    def read(cls, path: str) -> "DaemonState" | None:
         """The state, or None when the file is missing or holds anything unexpected."""
         try:
             document = json.loads(read_file_if_present(path) or b"null")
@@ -3702,7 +3729,7 @@ def _leave_working_folder() -> None:
     os.chdir("/")   # never keep a user's folder (or its mount) busy
 
 
-def _redirect_stdio(log_path: Path) -> None:
+def _redirect_stdio(log_path: str) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -3712,12 +3739,12 @@ def _redirect_stdio(log_path: Path) -> None:
     os.close(log)
 
 
-def rotate_log_if_big(log_path: Path) -> None:
+def rotate_log_if_big(log_path: str) -> None:
     """Keep the daemon log bounded: past the limit it becomes .1 and a new one starts."""
     try:
-        if log_path.stat().st_size <= DAEMON_LOG_MAX_BYTES:
+        if os.stat(log_path).st_size <= DAEMON_LOG_MAX_BYTES:
             return
-        os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+        os.replace(log_path, log_path + ".1")
     except OSError:
         return
     _redirect_stdio(log_path)
@@ -3745,6 +3772,9 @@ def _report_to_parent(ready_fd: int, message: str) -> None:
 
 def _run_daemon(renewer: Renewer, paths: SessionPaths, ready_fd: int) -> int:
     """The detached grandchild: lock the pid file, tell the parent, renew until stopped."""
+    import signal
+    import threading
+
     settings = renewer.session.settings
     configure_logging("DEBUG" if settings.log_level == "DEBUG" else "INFO", daemon=True)
     pid_file = PidFile(paths.pid)
@@ -3845,7 +3875,7 @@ def daemon_status_report(paths: SessionPaths, profile: str, now: float) -> tuple
     return EXIT_OK, "\n".join(lines) + "\n"
 
 
-def _profile_lock_busy(path: Path) -> bool:
+def _profile_lock_busy(path: str) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -3867,6 +3897,8 @@ def _signal_daemon(pid: int, signum: int) -> bool:
 
 def stop_daemon(paths: SessionPaths, profile: str,
                 sleep: Callable[[float], None] = time.sleep) -> int:
+    import signal
+
     pid_file = PidFile(paths.pid)
     pid = pid_file.holder()
     if pid is None:
@@ -4004,7 +4036,7 @@ def _stored_refresh_token_values(settings: Settings, paths: SessionPaths,
             tokens.append(token)
     except WociError as exc:
         log().warning("cannot revoke the refresh token: %s", exc)
-    if paths.keyring_marker.exists():
+    if os.path.exists(paths.keyring_marker):
         backend, why = open_keyring()
         item = KeyringItem.read_marker(paths.keyring_marker) or \
             KeyringItem.for_profile(settings.oci_config_file, settings.profile)
@@ -4040,18 +4072,18 @@ def revoke_at_provider(settings: Settings, paths: SessionPaths, tokens: list[str
     return revoked
 
 
-def delete_session_files(paths: SessionPaths, key_path: Path) -> list[str]:
+def delete_session_files(paths: SessionPaths, key_path: str) -> list[str]:
     """Delete the session's credentials and the OKE credential cache; the names deleted."""
     deleted = []
     for path in dict.fromkeys((paths.token, key_path, paths.key, paths.public_key,
                                paths.refresh_token, paths.daemon_state)):
         try:
-            path.unlink()
+            os.unlink(path)
         except FileNotFoundError:
             continue
         except OSError as exc:
             raise StorageError(f"cannot delete {path}: {describe_os_error(exc)}") from exc
-        deleted.append(path.name)
+        deleted.append(os.path.basename(path))
     if clear_credential_cache(paths):
         deleted.append(f"{CREDENTIAL_CACHE_FOLDER}/")
     return deleted
@@ -4059,7 +4091,7 @@ def delete_session_files(paths: SessionPaths, key_path: Path) -> list[str]:
 
 def delete_keyring_item(settings: Settings, paths: SessionPaths) -> bool:
     """Delete the keyring item the marker names, and the marker; True when done."""
-    if not paths.keyring_marker.exists():
+    if not os.path.exists(paths.keyring_marker):
         return False
     backend, why = open_keyring()
     if backend is None:
@@ -4086,7 +4118,7 @@ def logout(settings: Settings, environ: Mapping[str, str],
 
     profile, paths = settings.profile, SessionPaths.for_profile(settings.profile, environ)
     done = []
-    if paths.folder.is_dir():
+    if os.path.isdir(paths.folder):
         if daemon_holder(paths)[0]:
             done.append(f"stopped the daemon (pid {stop(paths, profile)})")
         with ProfileLock(paths.lock, settings.login_timeout + LOCK_GRACE_SECONDS, profile):
@@ -4300,9 +4332,9 @@ def check_oci(ctx: DoctorContext) -> Check:
     return Check(OK, f"oci: {result.stdout.strip()[:40]} ({oci})")
 
 
-def _mode(path: Path) -> int | None:
+def _mode(path: str) -> int | None:
     try:
-        return path.lstat().st_mode
+        return os.lstat(path).st_mode
     except OSError:
         return None
 
@@ -4506,7 +4538,7 @@ def child_environment(environ: Mapping[str, str], settings: Settings,
     env = scrubbed_environment(environ, settings.refresh_token_passphrase_env)
     if point_at_session:
         env.update({"OCI_CLI_PROFILE": settings.profile,
-                    "OCI_CLI_CONFIG_FILE": str(settings.oci_config_file.absolute()),
+                    "OCI_CLI_CONFIG_FILE": absolute(settings.oci_config_file),
                     "OCI_CLI_AUTH": "security_token"})
     return env
 
@@ -4524,10 +4556,6 @@ def exec_oci(argv: list[str], env: Mapping[str, str]) -> None:
         raise WociError(f"cannot run {argv[0]}: {exc.strerror}") from exc
 
 
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-# Signals a terminal sends to its whole foreground process group: the child has them already.
-TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
-
 
 def _terminal_reaches_child() -> bool:
     try:
@@ -4536,21 +4564,25 @@ def _terminal_reaches_child() -> bool:
         return False
 
 
-def run_child(argv: list[str], env: Mapping[str, str], refresher: AutoRefreshThread | None,
+def run_child(argv: list[str], env: Mapping[str, str], refresher: AutoRefresher | None,
               captured: bytearray | None = None) -> int:
     """Run argv as a child with signals forwarded; its exit code (128+N if killed by N).
 
     With captured, the child's stdout is collected there instead of reaching ours.
     """
+    import signal
     import subprocess
 
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    # Signals a terminal sends to its whole foreground process group: the child has them already.
+    terminal = (signal.SIGINT, signal.SIGQUIT)
     sys.stdout.flush()
     children: list[subprocess.Popen] = []
     # Signals that arrive while the child is being started wait here for it.
     early: list[int] = []
 
     def forward(signum, _frame):
-        if signum in TERMINAL_SIGNALS and _terminal_reaches_child():
+        if signum in terminal and _terminal_reaches_child():
             return
         if not children:
             early.append(signum)
@@ -4560,7 +4592,7 @@ def run_child(argv: list[str], env: Mapping[str, str], refresher: AutoRefreshThr
         except ProcessLookupError:
             pass
 
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
     try:
         try:
             children.append(subprocess.Popen(
@@ -4646,12 +4678,12 @@ def load_settings(cmd: CommandLine, environ: Mapping[str, str],
     return settings
 
 
-def auto_refresher(session: Session) -> AutoRefreshThread | None:
+def auto_refresher(session: Session) -> AutoRefresher | None:
     if not session.settings.auto_refresh:
         return None
     if session.passphrase.configured:
         session.passphrase.get()  # asked now: later the command owns the terminal
-    return AutoRefreshThread(Renewer(session, session.settings.refresh_safety_window))
+    return AutoRefresher(Renewer(session, session.settings.refresh_safety_window))
 
 
 RENEWAL_FOR_ACTION = {OciAction.AUTHENTICATE: Renewal.SIGN_IN,
@@ -4659,7 +4691,7 @@ RENEWAL_FOR_ACTION = {OciAction.AUTHENTICATE: Renewal.SIGN_IN,
 
 
 def run_oke_token_request(cmd: CommandLine, session: Session, argv: list[str],
-                          env: Mapping[str, str], refresher: AutoRefreshThread | None) -> int:
+                          env: Mapping[str, str], refresher: AutoRefresher | None) -> int:
     """oci's ExecCredential passed on byte for byte, and kept for kubectl's next calls."""
     output = bytearray()
     code = run_child(argv, env, refresher, captured=output)
@@ -4711,7 +4743,7 @@ def run_daemon_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, 
                           "WOCI_AUTH_CLIENT_SECRET)")
     session = Session.open(settings, environ)
     paths = session.paths
-    running = PidFile(paths.pid).holder() if paths.folder.is_dir() else None
+    running = PidFile(paths.pid).holder() if os.path.isdir(paths.folder) else None
     if running is not None:
         raise DaemonError(f"a woci daemon already runs for profile {settings.profile} "
                           f"(pid {running})")

@@ -45,7 +45,7 @@ class ScriptedRenewals:
         outcome = self.script.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
-        session.paths.token.write_text(outcome)
+        Path(session.paths.token).write_text(outcome)
         return woci.read_session_token(session.paths)
 
 
@@ -63,8 +63,8 @@ def clock():
 def renewer(clock, token, script, window=600, tmp_path=None):
     home = tmp_path or Path(tempfile.mkdtemp(prefix="woci-unit-"))
     session = woci.Session.open(settings(), {"HOME": str(home)}, now=clock)
-    session.paths.folder.mkdir(parents=True, exist_ok=True)
-    session.paths.token.write_text(token)
+    Path(session.paths.folder).mkdir(parents=True, exist_ok=True)
+    Path(session.paths.token).write_text(token)
     return woci.Renewer(session, window, ensure=ScriptedRenewals(script))
 
 
@@ -165,10 +165,10 @@ def test_daemon_state_file_records_the_last_renewal(clock, tmp_path):
 
     woci.write_daemon_state(paths, r, r.read_token(), clock() + wait)
 
-    state = json.loads(paths.daemon_state.read_text())
+    state = json.loads(Path(paths.daemon_state).read_text())
     assert state["last_renewal"]["ok"] is True
     assert state["next_renewal"] == clock() + 60
-    assert (paths.daemon_state.stat().st_mode & 0o777) == 0o600
+    assert (Path(paths.daemon_state).stat().st_mode & 0o777) == 0o600
 
 
 def _hold_pid_file(path, ready, release):
@@ -204,7 +204,7 @@ def test_pid_file_lock_tells_a_live_daemon_from_a_stale_file(tmp_path):
 
 def _session(tmp_path):
     session = woci.Session.open(settings(), {"HOME": str(tmp_path)})
-    session.paths.folder.mkdir(parents=True)
+    Path(session.paths.folder).mkdir(parents=True)
     return session
 
 
@@ -212,7 +212,7 @@ def test_renewal_child_hands_back_the_token_it_wrote(monkeypatch, tmp_path):
     """The child's renewal is on disk; the parent reads it from there."""
     token = make_token(1000, 5000)
     monkeypatch.setattr(woci, "ensure_session",
-                        lambda session, *_a, **_k: session.paths.token.write_text(token))
+                        lambda session, *_a, **_k: Path(session.paths.token).write_text(token))
     assert woci.ensure_in_child(_session(tmp_path)) == (token, 5000, None)
 
 

@@ -115,6 +115,19 @@ def test_add_query_keeps_the_existing_query_and_encodes_values():
         ("tenant", "a b"), ("scope", "openid offline_access"), ("state", "x&y")]
 
 
+@pytest.mark.parametrize("text", ["https://idp.example/authorize", "HTTP://127.0.0.1:8181/cb",
+                                  "http://h", "https://[::1]:8443/token?x=1"])
+def test_http_urls_are_accepted(text):
+    assert woci.is_http_url(text)
+
+
+@pytest.mark.parametrize("text", ["", "ftp://x/token", "idp.example/authorize", "http://",
+                                  "http:///path", "https://?q=1", "https://#f", "http:/x",
+                                  "file:///etc/passwd", "javascript://x"])
+def test_what_is_not_an_http_url_with_a_host_is_refused(text):
+    assert not woci.is_http_url(text)
+
+
 def test_clock_skew_is_measured_from_the_date_header():
     """A server Date 600 s ahead means this clock is 600 s behind; no or bad Date: None."""
     now = 1_700_000_000.0

@@ -2,6 +2,7 @@
 endpoint, OCI's token exchange and (through open_browser) the user at the browser."""
 
 import base64
+from pathlib import Path
 import configparser
 import hashlib
 import logging
@@ -67,10 +68,10 @@ def write_config(session, text):
 
 def seed_expired_session(session, fake, refresh_token="rt-0", with_key=True):
     """An expired UPST, a session key and a refresh token the provider accepts."""
-    session.paths.token.write_text(unsigned_jwt({"exp": int(time.time()) - 10}))
+    Path(session.paths.token).write_text(unsigned_jwt({"exp": int(time.time()) - 10}))
     if with_key:
         woci.atomic_write(session.paths.key, woci.private_key_pem(woci.new_private_key()))
-    session.paths.refresh_token.write_text(refresh_token)
+    Path(session.paths.refresh_token).write_text(refresh_token)
     fake.valid_refresh_tokens.add(refresh_token)
 
 
@@ -83,21 +84,21 @@ def test_fresh_session_makes_no_request_and_takes_no_lock(fake, tmp_path):
     """A UPST valid for an hour and a wired profile: nothing is sent, nothing is written."""
     m = make_session(fake, tmp_path)
     token = unsigned_jwt({"exp": int(time.time()) + 3600})
-    m.paths.token.write_text(token)
+    Path(m.paths.token).write_text(token)
     config = write_config(m, wired_config(m))
     before = config.read_bytes()
     state = woci.ensure_session(m)
     assert state.token == token
     assert fake.requests == []
     assert config.read_bytes() == before
-    assert not m.paths.lock.exists()
+    assert not Path(m.paths.lock).exists()
 
 
 def test_expired_session_is_refreshed_with_one_grant_and_one_exchange(fake, tmp_path):
     """Exactly one refresh grant and one exchange; rotated token saved; files and profile right."""
     m = make_session(fake, tmp_path)
     seed_expired_session(m, fake)
-    key_before = m.paths.key.read_bytes()
+    key_before = Path(m.paths.key).read_bytes()
     config = write_config(m, "# mine\n[other]\nregion = eu-1\n")
     state = woci.ensure_session(m)
 
@@ -107,10 +108,10 @@ def test_expired_session_is_refreshed_with_one_grant_and_one_exchange(fake, tmp_
     assert fake.exchanges[0].form["subject_token"] == fake.access_tokens[0]
     upst = fake.upsts[0]
     assert state.token == upst
-    assert m.paths.token.read_bytes() == upst.encode()  # no trailing newline
-    rotated = m.paths.refresh_token.read_text()
+    assert Path(m.paths.token).read_bytes() == upst.encode()  # no trailing newline
+    rotated = Path(m.paths.refresh_token).read_text()
     assert rotated != "rt-0" and rotated in fake.valid_refresh_tokens
-    assert m.paths.key.read_bytes() == key_before       # the existing key is reused
+    assert Path(m.paths.key).read_bytes() == key_before       # the existing key is reused
     for path in (m.paths.token, m.paths.key, m.paths.public_key, m.paths.refresh_token):
         assert mode_of(path) == 0o600, path
     assert mode_of(m.paths.folder) == 0o700
@@ -135,8 +136,8 @@ def test_new_key_is_made_when_there_is_none(fake, tmp_path):
     m = make_session(fake, tmp_path)
     seed_expired_session(m, fake, with_key=False)
     woci.ensure_session(m)
-    key = serialization.load_pem_private_key(m.paths.key.read_bytes(), None)
-    assert woci.pem_body_der(m.paths.public_key.read_bytes()) == woci.public_key_der(key)
+    key = serialization.load_pem_private_key(Path(m.paths.key).read_bytes(), None)
+    assert woci.pem_body_der(Path(m.paths.public_key).read_bytes()) == woci.public_key_der(key)
     assert base64.b64decode(fake.exchanges[0].form["public_key"]) == woci.public_key_der(key)
 
 
@@ -164,12 +165,12 @@ def test_refused_refresh_token_without_sign_in_leaves_it_alone(fake, tmp_path):
     m = make_session(fake, tmp_path, can_sign_in=False, browser=browsers)
     seed_expired_session(m, fake)
     fake.valid_refresh_tokens.clear()
-    before = m.paths.refresh_token.read_bytes()
+    before = Path(m.paths.refresh_token).read_bytes()
     with pytest.raises(woci.SignInNeeded) as info:
         woci.ensure_session(m)
     assert "woci --profile p session authenticate" in str(info.value)
     assert info.value.exit_code == 1
-    assert m.paths.refresh_token.read_bytes() == before
+    assert Path(m.paths.refresh_token).read_bytes() == before
     assert fake.exchanges == [] and browsers.urls == []
 
 
@@ -196,7 +197,7 @@ def test_refresh_token_rotated_meanwhile_is_retried(fake, tmp_path):
     woci.ensure_session(m)
     assert [r.form["refresh_token"] for r in fake.grants("refresh_token")] == ["rt-old", "rt-new"]
     assert len(fake.exchanges) == 1
-    assert m.paths.refresh_token.read_text() in fake.valid_refresh_tokens
+    assert Path(m.paths.refresh_token).read_text() in fake.valid_refresh_tokens
 
 
 def test_exchange_failure_after_refresh_keeps_the_rotated_token(fake, tmp_path):
@@ -205,28 +206,28 @@ def test_exchange_failure_after_refresh_keeps_the_rotated_token(fake, tmp_path):
     m = make_session(fake, tmp_path)
     seed_expired_session(m, fake)
     config = write_config(m, "[p]\nuser=u\n")
-    old = {p: p.read_bytes() for p in (m.paths.token, m.paths.key, config)}
+    old = {p: Path(p).read_bytes() for p in (m.paths.token, m.paths.key, config)}
     fake.exchange_answer = json_answer(400, {"error": "invalid_request",
                                              "error_description": "subject token rejected"})
     with pytest.raises(woci.ExchangeError, match="subject token rejected"):
         woci.ensure_session(m)
-    rotated = m.paths.refresh_token.read_text()
+    rotated = Path(m.paths.refresh_token).read_text()
     assert rotated != "rt-0" and rotated in fake.valid_refresh_tokens
     for path, content in old.items():
-        assert path.read_bytes() == content, path
-    assert not m.paths.public_key.exists()
+        assert Path(path).read_bytes() == content, path
+    assert not Path(m.paths.public_key).exists()
 
 
 def test_corrupted_token_file_is_warned_about_and_renewed(fake, tmp_path, caplog):
     """Garbage in the token file: a warning naming it, then a silent renewal."""
     m = make_session(fake, tmp_path)
     seed_expired_session(m, fake)
-    m.paths.token.write_bytes(b"\x00\xffgarbage")
+    Path(m.paths.token).write_bytes(b"\x00\xffgarbage")
     with caplog.at_level(logging.WARNING, logger="woci"):
         state = woci.ensure_session(m)
     assert str(m.paths.token) in caplog.text and "unusable" in caplog.text
     assert state.token == fake.upsts[0]
-    assert m.paths.token.read_text() == fake.upsts[0]
+    assert Path(m.paths.token).read_text() == fake.upsts[0]
 
 
 def test_browser_sign_in_when_no_refresh_token(fake, tmp_path):
@@ -241,7 +242,7 @@ def test_browser_sign_in_when_no_refresh_token(fake, tmp_path):
     assert code_grant.form["redirect_uri"] == query["redirect_uri"] == m.settings.redirect_uri
     assert fake.grants("refresh_token") == [] and len(fake.exchanges) == 1
     assert state.token == fake.upsts[0]
-    assert m.paths.refresh_token.read_text() in fake.valid_refresh_tokens
+    assert Path(m.paths.refresh_token).read_text() in fake.valid_refresh_tokens
     assert config_of(m)["p"]["security_token_file"] == str(m.paths.token)
 
 
@@ -253,7 +254,7 @@ def test_refused_refresh_token_falls_back_to_the_browser(fake, tmp_path):
     fake.valid_refresh_tokens.clear()
     woci.ensure_session(m)
     assert len(browsers.urls) == 1
-    assert m.paths.refresh_token.read_text() in fake.valid_refresh_tokens
+    assert Path(m.paths.refresh_token).read_text() in fake.valid_refresh_tokens
 
 
 def test_force_sign_in_opens_the_browser_even_when_fresh(fake, tmp_path):
@@ -261,7 +262,7 @@ def test_force_sign_in_opens_the_browser_even_when_fresh(fake, tmp_path):
     browsers = Browsers(fake)
     m = make_session(fake, tmp_path, browser=browsers)
     seed_expired_session(m, fake)
-    m.paths.token.write_text(unsigned_jwt({"exp": int(time.time()) + 3600}))
+    Path(m.paths.token).write_text(unsigned_jwt({"exp": int(time.time()) + 3600}))
     woci.ensure_session(m, renewal=woci.Renewal.SIGN_IN)
     assert len(browsers.urls) == 1 and fake.grants("refresh_token") == []
 
@@ -270,7 +271,7 @@ def test_force_refresh_refreshes_even_when_fresh(fake, tmp_path):
     """`session refresh`: a refresh grant and exchange even with a valid session."""
     m = make_session(fake, tmp_path)
     seed_expired_session(m, fake)
-    m.paths.token.write_text(unsigned_jwt({"exp": int(time.time()) + 3600}))
+    Path(m.paths.token).write_text(unsigned_jwt({"exp": int(time.time()) + 3600}))
     write_config(m, wired_config(m))
     woci.ensure_session(m, renewal=woci.Renewal.REFRESH)
     assert len(fake.grants("refresh_token")) == 1 and len(fake.exchanges) == 1
@@ -280,9 +281,9 @@ def test_fresh_session_with_unwired_profile_is_wired_without_network(fake, tmp_p
     """Another process made the session but the profile lacks it: written, nothing sent."""
     m = make_session(fake, tmp_path)
     key = woci.new_private_key()
-    m.paths.key.write_bytes(woci.private_key_pem(key))
-    m.paths.public_key.write_bytes(woci.public_key_pem(key))
-    m.paths.token.write_text(fake.mint_upst(woci.public_key_der(key)))
+    Path(m.paths.key).write_bytes(woci.private_key_pem(key))
+    Path(m.paths.public_key).write_bytes(woci.public_key_pem(key))
+    Path(m.paths.token).write_text(fake.mint_upst(woci.public_key_der(key)))
     write_config(m, "[p]\nuser=u\n")
     woci.ensure_session(m)
     assert fake.requests == []
@@ -301,21 +302,21 @@ def test_invalid_oci_config_stops_before_any_request(fake, tmp_path):
         woci.ensure_session(m)
     assert fake.requests == []
     assert config.read_text() == "not ini at all\n"
-    assert m.paths.refresh_token.read_text() == "rt-0"
+    assert Path(m.paths.refresh_token).read_text() == "rt-0"
 
 
 def test_key_file_configured_in_the_session_folder_is_used(fake, tmp_path):
     """The profile's own key_file inside the session folder is the key sent and kept."""
     m = make_session(fake, tmp_path)
     seed_expired_session(m, fake, with_key=False)
-    own = m.paths.folder / "my_key.pem"
+    own = Path(m.paths.folder) / "my_key.pem"
     key = woci.new_private_key()
     own.write_bytes(woci.private_key_pem(key))
     write_config(m, f"[p]\nkey_file={own}\n")
     woci.ensure_session(m)
     assert base64.b64decode(fake.exchanges[0].form["public_key"]) == woci.public_key_der(key)
     assert config_of(m)["p"]["key_file"] == str(own)
-    assert not m.paths.key.exists()
+    assert not Path(m.paths.key).exists()
 
 
 def test_provider_without_rotation_keeps_the_stored_token(fake, tmp_path):
@@ -324,16 +325,16 @@ def test_provider_without_rotation_keeps_the_stored_token(fake, tmp_path):
     seed_expired_session(m, fake)
     fake.rotate = False
     woci.ensure_session(m)
-    assert m.paths.refresh_token.read_text() == "rt-0"
+    assert Path(m.paths.refresh_token).read_text() == "rt-0"
 
 
 def test_encrypted_refresh_token_is_rotated_encrypted(fake, tmp_path):
     """With a passphrase: the rotated token is stored encrypted and opens with it."""
     m = make_session(fake, tmp_path, environ={"PW": "pass"}, refresh_token_passphrase_env="PW")
     seed_expired_session(m, fake)
-    m.paths.refresh_token.write_bytes(woci.encrypt_refresh_token("rt-0", "pass", 200_000))
+    Path(m.paths.refresh_token).write_bytes(woci.encrypt_refresh_token("rt-0", "pass", 200_000))
     woci.ensure_session(m)
-    raw = m.paths.refresh_token.read_bytes()
+    raw = Path(m.paths.refresh_token).read_bytes()
     assert raw.startswith(b"{")
     rotated = woci.decrypt_refresh_token(raw, "pass", m.paths.refresh_token)
     assert rotated != "rt-0" and rotated in fake.valid_refresh_tokens

@@ -2,6 +2,7 @@
 and the sign-in flows _sign_in chooses by login_flow, against the local fake provider."""
 
 import re
+from pathlib import Path
 import socket
 import time
 
@@ -37,11 +38,11 @@ def issuer_session(fake, home, **overrides):
 
 def test_valid_session_never_reads_discovery(fake, tmp_path):
     m = issuer_session(fake, tmp_path)
-    m.paths.token.write_text(unsigned_jwt({"exp": int(time.time()) + 3600}))
+    Path(m.paths.token).write_text(unsigned_jwt({"exp": int(time.time()) + 3600}))
     write_config(m, wired_config(m))
     woci.ensure_session(m)
     assert fake.requests == []
-    assert not m.paths.discovery.exists()
+    assert not Path(m.paths.discovery).exists()
 
 
 def test_renewal_reads_discovery_once_and_uses_its_endpoints(fake, tmp_path):
@@ -54,9 +55,9 @@ def test_renewal_reads_discovery_once_and_uses_its_endpoints(fake, tmp_path):
     assert len(fake.grants("refresh_token")) == 1
     # The exchange went to the discovered token endpoint (the default exchange URL).
     assert fake.grants(woci.TOKEN_EXCHANGE_GRANT)[0].path == "/token"
-    assert m.paths.discovery.exists()
+    assert Path(m.paths.discovery).exists()
 
-    m.paths.token.write_text(unsigned_jwt({"exp": int(time.time()) - 10}))
+    Path(m.paths.token).write_text(unsigned_jwt({"exp": int(time.time()) - 10}))
     woci.ensure_session(m)
     assert len(discoveries(fake)) == 1 and len(fake.grants("refresh_token")) == 2
 
@@ -64,11 +65,11 @@ def test_renewal_reads_discovery_once_and_uses_its_endpoints(fake, tmp_path):
 def test_a_wrong_issuer_stops_the_renewal_before_any_grant(fake, tmp_path):
     m = issuer_session(fake, tmp_path, issuer=fake.url + "/")   # the document says no "/"
     seed_expired_session(m, fake)
-    before = m.paths.refresh_token.read_text()
+    before = Path(m.paths.refresh_token).read_text()
     with pytest.raises(woci.DiscoveryError, match="not the configured"):
         woci.ensure_session(m)
     assert fake.grants("refresh_token") == []
-    assert m.paths.refresh_token.read_text() == before
+    assert Path(m.paths.refresh_token).read_text() == before
 
 
 def test_device_flow_signs_in_without_a_browser(fake, tmp_path, monkeypatch, capsys):
@@ -81,7 +82,7 @@ def test_device_flow_signs_in_without_a_browser(fake, tmp_path, monkeypatch, cap
     assert browsers.urls == []
     assert fake.device_polls == 2
     assert state.token == fake.upsts[0]
-    assert m.paths.refresh_token.read_text() in fake.valid_refresh_tokens
+    assert Path(m.paths.refresh_token).read_text() in fake.valid_refresh_tokens
     assert "enter the code: UC-1" in capsys.readouterr().err
 
 

@@ -203,7 +203,7 @@ def test_defaults_when_only_required_values_are_set():
         "openid offline_access", 8181, 300, True, "WARNING")
     assert s.profile == "DEFAULT"
     assert s.redirect_uri == "http://127.0.0.1:8181/callback"
-    assert s.oci_config_file == Path("/home/u/.oci/config")
+    assert s.oci_config_file == "/home/u/.oci/config"
 
 
 def test_manager_ini_default_section_is_ordinary():
@@ -303,22 +303,22 @@ def test_unknown_ini_keys_are_warned_about(caplog):
 def test_oci_config_file_resolution(tmp_path):
     """--config-file > OCI_CLI_CONFIG_FILE > ~/.oci/config, with ~ from environ's HOME."""
     env = {"HOME": str(tmp_path)}
-    assert woci.resolve_oci_config_file(split([]), env) == tmp_path / ".oci" / "config"
+    assert woci.resolve_oci_config_file(split([]), env) == str(tmp_path / ".oci" / "config")
     env2 = {**env, "OCI_CLI_CONFIG_FILE": "~/other"}
-    assert woci.resolve_oci_config_file(split([]), env2) == tmp_path / "other"
-    assert woci.resolve_oci_config_file(split(["--config-file", "/x/c"]), env2) == Path("/x/c")
+    assert woci.resolve_oci_config_file(split([]), env2) == str(tmp_path / "other")
+    assert woci.resolve_oci_config_file(split(["--config-file", "/x/c"]), env2) == "/x/c"
 
 
 def test_manager_config_candidates(tmp_path):
     """Flag > WOCI_MANAGER_CONFIG (explicit) > beside the OCI config > ~/.oci (discovered)."""
     env = {"HOME": str(tmp_path)}
-    cfg = Path("/etc/oci/config")
+    cfg = "/etc/oci/config"
     assert woci.manager_config_candidates(split([]), env, cfg) == (
-        [Path("/etc/oci/woci_manager.ini"), tmp_path / ".oci" / "woci_manager.ini"], False)
+        ["/etc/oci/woci_manager.ini", str(tmp_path / ".oci" / "woci_manager.ini")], False)
     env2 = {**env, "WOCI_MANAGER_CONFIG": "~/m.ini"}
-    assert woci.manager_config_candidates(split([]), env2, cfg) == ([tmp_path / "m.ini"], True)
+    assert woci.manager_config_candidates(split([]), env2, cfg) == ([str(tmp_path / "m.ini")], True)
     assert woci.manager_config_candidates(split(["--manager-config", "/f.ini"]), env2, cfg) == (
-        [Path("/f.ini")], True)
+        ["/f.ini"], True)
 
 
 def test_explicit_manager_config_that_does_not_exist_is_an_error(tmp_path):

@@ -2,6 +2,7 @@
 the OCI config editor."""
 
 import base64
+from pathlib import Path
 import configparser
 import errno
 import json
@@ -185,16 +186,16 @@ def test_profile_lock_refuses_a_symlink(tmp_path):
 
 def session_paths(tmp_path):
     paths = woci.SessionPaths.for_profile("p", {"HOME": str(tmp_path)})
-    paths.folder.mkdir(parents=True)
+    Path(paths.folder).mkdir(parents=True)
     return paths
 
 
 def test_session_paths_live_under_home_from_environ(tmp_path):
     """~/.oci/sessions/<profile>/ with the spec's file names, HOME taken from environ."""
     paths = woci.SessionPaths.for_profile("dev", {"HOME": str(tmp_path)})
-    assert paths.folder == tmp_path / ".oci" / "sessions" / "dev"
-    assert (paths.token.name, paths.key.name, paths.public_key.name,
-            paths.refresh_token.name) == ("token", "oci_api_key.pem", "oci_api_key_public.pem",
+    assert paths.folder == str(tmp_path / ".oci" / "sessions" / "dev")
+    assert (Path(paths.token).name, Path(paths.key).name, Path(paths.public_key).name,
+            Path(paths.refresh_token).name) == ("token", "oci_api_key.pem", "oci_api_key_public.pem",
                                           "refresh_token")
 
 
@@ -207,14 +208,14 @@ def test_valid_session_token_is_read(tmp_path):
     """A JWT with an integer exp gives the token and its expiry."""
     paths = session_paths(tmp_path)
     token = unsigned_jwt({"exp": 2_000_000_000})
-    paths.token.write_text(token)
+    Path(paths.token).write_text(token)
     assert woci.read_session_token(paths) == (token, 2_000_000_000, None)
 
 
 def test_session_token_with_a_trailing_newline_is_unusable(tmp_path):
     """oci rejects a token file ending in a newline, so woci must renew it, not trust it."""
     paths = session_paths(tmp_path)
-    paths.token.write_text(unsigned_jwt({"exp": 2_000_000_000}) + "\n")
+    Path(paths.token).write_text(unsigned_jwt({"exp": 2_000_000_000}) + "\n")
     state = woci.read_session_token(paths)
     assert state.token is None and "white space" in state.problem
 
@@ -228,7 +229,7 @@ def test_session_token_with_a_trailing_newline_is_unusable(tmp_path):
 def test_unusable_session_token_is_reported_not_raised(tmp_path, content, reason):
     """Empty, binary, not-a-JWT or exp-less files: a problem naming the file and why."""
     paths = session_paths(tmp_path)
-    paths.token.write_bytes(content)
+    Path(paths.token).write_bytes(content)
     state = woci.read_session_token(paths)
     assert state.token is None and state.expires_at is None
     assert str(paths.token) in state.problem and "unusable" in state.problem
@@ -238,7 +239,7 @@ def test_unusable_session_token_is_reported_not_raised(tmp_path, content, reason
 def test_session_token_that_is_a_folder_is_reported(tmp_path):
     """A folder where the token should be is a problem, not a crash."""
     paths = session_paths(tmp_path)
-    paths.token.mkdir()
+    Path(paths.token).mkdir()
     assert "is a folder" in woci.read_session_token(paths).problem
 
 
@@ -681,7 +682,7 @@ def test_forget_session_leaves_a_profile_that_is_not_woci(tmp_path):
     config.write_text("[p]\nkey_file=/home/me/api.pem\nfingerprint=aa\n")
     assert woci.forget_session_in_profile(config, "p", paths, {"HOME": str(tmp_path)}) == []
     assert config.read_text() == "[p]\nkey_file=/home/me/api.pem\nfingerprint=aa\n"
-    assert not paths.root.exists()   # no lock folder made for nothing
+    assert not Path(paths.root).exists()   # no lock folder made for nothing
 
     config.write_text(f"[p]\nkey_file={paths.key}\nsecurity_token_file={paths.token}\n"
                       "fingerprint=aa\nregion=r\n")
@@ -705,7 +706,7 @@ def file_keyring(tmp_path):
 
 def keyring_stores(tmp_path, backend, environ=None, **overrides):
     paths = woci.SessionPaths(tmp_path / "sessions" / "p")
-    paths.folder.mkdir(parents=True)
+    Path(paths.folder).mkdir(parents=True)
     item = woci.KeyringItem.for_profile(tmp_path / "config", "p")
     opener = (lambda: (backend, "PlaintextKeyring")) if backend else \
         (lambda: (None, "no usable keyring backend (keyring.backends.fail.Keyring)"))
@@ -729,8 +730,8 @@ def test_keyring_round_trip_leaves_only_a_marker_on_disk(tmp_path, file_keyring)
     assert store.load() is None and not store.stored()
     store.save("rt-in-keyring")
     assert file_keyring.get_password(store.item.service, store.item.username) == "rt-in-keyring"
-    assert not paths.refresh_token.exists()
-    assert "rt-in-keyring" not in paths.keyring_marker.read_text()
+    assert not Path(paths.refresh_token).exists()
+    assert "rt-in-keyring" not in Path(paths.keyring_marker).read_text()
     assert mode_of(paths.keyring_marker) == 0o600
     assert store.stored() and store.load() == "rt-in-keyring"
     assert not store.holds_encrypted() and not store.passphrase.configured
@@ -742,10 +743,10 @@ def test_file_to_keyring_and_back_keeps_the_token(tmp_path, file_keyring):
     paths, file_store, store = keyring_stores(tmp_path, file_keyring)
     file_store.save("rt-moving")
     store.settle()
-    assert not paths.refresh_token.exists() and store.load() == "rt-moving"
+    assert not Path(paths.refresh_token).exists() and store.load() == "rt-moving"
     file_store.settle()
-    assert paths.refresh_token.read_text() == "rt-moving"
-    assert not paths.keyring_marker.exists()
+    assert Path(paths.refresh_token).read_text() == "rt-moving"
+    assert not Path(paths.keyring_marker).exists()
     assert file_keyring.get_password(store.item.service, store.item.username) is None
 
 
@@ -756,7 +757,7 @@ def test_a_file_written_while_the_keyring_was_away_wins(tmp_path, file_keyring):
     file_store.save("rt-new")
     assert store.load() == "rt-new"
     file_store.settle()
-    assert paths.refresh_token.read_text() == "rt-new" and not paths.keyring_marker.exists()
+    assert Path(paths.refresh_token).read_text() == "rt-new" and not Path(paths.keyring_marker).exists()
 
 
 def test_moving_an_encrypted_file_into_the_keyring_needs_its_passphrase(tmp_path, file_keyring):
@@ -767,7 +768,7 @@ def test_moving_an_encrypted_file_into_the_keyring_needs_its_passphrase(tmp_path
     file_store.save("rt-encrypted")
     assert store.passphrase.configured is False   # the keyring has no passphrase
     store.settle()
-    assert store.load() == "rt-encrypted" and not paths.refresh_token.exists()
+    assert store.load() == "rt-encrypted" and not Path(paths.refresh_token).exists()
 
 
 def test_no_usable_keyring_is_one_warning_and_the_file(tmp_path, caplog):
@@ -776,7 +777,7 @@ def test_no_usable_keyring_is_one_warning_and_the_file(tmp_path, caplog):
     store.settle()
     store.save("rt-in-file")
     assert store.load() == "rt-in-file"
-    assert paths.refresh_token.read_text() == "rt-in-file"
+    assert Path(paths.refresh_token).read_text() == "rt-in-file"
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "keeping the refresh token in" in warnings[0]
     assert store.path == paths.refresh_token
@@ -789,7 +790,7 @@ def test_a_keyring_that_fails_to_write_keeps_the_token_in_the_file(tmp_path, fil
     (tmp_path / "a-file").write_text("")
     file_keyring.file_path = str(tmp_path / "a-file" / "keyring.cfg")   # cannot be written
     store.save("rt-rotated")
-    assert paths.refresh_token.read_text() == "rt-rotated"
+    assert Path(paths.refresh_token).read_text() == "rt-rotated"
     assert any("keeping the refresh token in" in r.getMessage() for r in caplog.records)
 
 
@@ -807,14 +808,14 @@ def test_open_keyring_refuses_the_fail_and_null_backends(monkeypatch):
 def test_stored_refresh_token_reads_only_files(tmp_path):
     """file / encrypted-file / keyring / none, and a JWT refresh token's exp."""
     paths = woci.SessionPaths(tmp_path / "p")
-    paths.folder.mkdir()
+    Path(paths.folder).mkdir()
     assert woci.stored_refresh_token(paths) == (None, None, False)
-    paths.refresh_token.write_text("opaque")
+    Path(paths.refresh_token).write_text("opaque")
     assert woci.stored_refresh_token(paths) == ("file", None, False)
-    paths.refresh_token.write_text(unsigned_jwt({"exp": 1234}))
+    Path(paths.refresh_token).write_text(unsigned_jwt({"exp": 1234}))
     assert woci.stored_refresh_token(paths) == ("file", 1234, False)
-    paths.refresh_token.write_bytes(woci.encrypt_refresh_token("t", "pw", 200_000))
+    Path(paths.refresh_token).write_bytes(woci.encrypt_refresh_token("t", "pw", 200_000))
     assert woci.stored_refresh_token(paths) == ("encrypted-file", None, False)
     for damaged in (b"", b"\xff\xfe", b"two words"):
-        paths.refresh_token.write_bytes(damaged)
+        Path(paths.refresh_token).write_bytes(damaged)
         assert woci.stored_refresh_token(paths) == ("file", None, True)   # load() refuses it

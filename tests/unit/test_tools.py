@@ -15,12 +15,12 @@ NOW = 1_800_000_000
 
 def session_folder(tmp_path, token_claims=None, refresh=None):
     paths = woci.SessionPaths.for_profile("p", {"HOME": str(tmp_path)})
-    paths.folder.mkdir(parents=True, mode=0o700)
+    Path(paths.folder).mkdir(parents=True, mode=0o700)
     if token_claims is not None:
-        paths.token.write_text(unsigned_jwt(token_claims))
+        Path(paths.token).write_text(unsigned_jwt(token_claims))
     if refresh is not None:
-        paths.refresh_token.write_text(refresh)
-    for path in paths.folder.iterdir():
+        Path(paths.refresh_token).write_text(refresh)
+    for path in Path(paths.folder).iterdir():
         path.chmod(0o600)
     return paths
 
@@ -65,7 +65,7 @@ def test_status_of_an_expired_session_is_usable_only_with_a_refresh_token(tmp_pa
     assert not woci.status_usable(report)
     assert "session: expired at 2027-01-15T07:50:00Z (10 min ago)" in \
         woci.status_text(report, NOW)
-    paths.refresh_token.write_bytes(woci.encrypt_refresh_token("rt", "pw", 200_000))
+    Path(paths.refresh_token).write_bytes(woci.encrypt_refresh_token("rt", "pw", 200_000))
     report = woci.session_status(paths, "p", NOW)
     assert woci.status_usable(report)
     assert report.document["refresh_token"]["storage"] == "encrypted-file"
@@ -85,7 +85,7 @@ def test_status_never_breaks_on_odd_tokens(tmp_path, claims, expires_at):
 
 def test_status_reports_an_unusable_token_file(tmp_path):
     paths = session_folder(tmp_path)
-    paths.token.write_text("not a jwt\n")
+    Path(paths.token).write_text("not a jwt\n")
     report = woci.session_status(paths, "p", NOW)
     assert report.document["session"]["exp"] is None
     assert "session: unusable (" in woci.status_text(report, NOW)
@@ -111,9 +111,9 @@ def test_status_sees_a_running_daemon_by_its_lock(tmp_path):
 def logout_home(tmp_path):
     paths = session_folder(tmp_path, {"exp": NOW}, refresh="rt-to-revoke")
     for path in (paths.key, paths.public_key):
-        path.write_text("pem")
-    (paths.credential_cache).mkdir()
-    (paths.credential_cache / "abc.json").write_text("{}")
+        Path(path).write_text("pem")
+    Path(paths.credential_cache).mkdir()
+    (Path(paths.credential_cache) / "abc.json").write_text("{}")
     config = tmp_path / ".oci" / "config"
     config.write_text(f"[p]\nkey_file={paths.key}\nsecurity_token_file={paths.token}\n"
                       "fingerprint=aa\ntenancy=t\n")
@@ -130,7 +130,7 @@ def test_logout_revokes_and_deletes_everything_of_the_session(tmp_path):
                     "deleted token, oci_api_key.pem, oci_api_key_public.pem, refresh_token, "
                     f"exec-credentials/; removed security_token_file, key_file, fingerprint "
                     f"from [p] in {config}\n")
-    assert sorted(p.name for p in paths.folder.iterdir()) == ["woci.lock"]
+    assert sorted(p.name for p in Path(paths.folder).iterdir()) == ["woci.lock"]
     assert config.read_text() == "[p]\ntenancy=t\n"
     assert woci.logout(settings, {"HOME": str(tmp_path)}).startswith("nothing to do")
 
@@ -144,15 +144,15 @@ def test_logout_offline_warns_and_still_deletes(tmp_path, caplog):
     assert time.monotonic() - started < 30
     assert "revoked" not in line and "deleted token" in line
     assert any("was not revoked" in r.getMessage() for r in caplog.records)
-    assert not paths.refresh_token.exists()
+    assert not Path(paths.refresh_token).exists()
 
 
 def test_logout_of_an_encrypted_token_without_its_passphrase_still_deletes(tmp_path, caplog):
     paths, config = logout_home(tmp_path)
-    paths.refresh_token.write_bytes(woci.encrypt_refresh_token("rt", "pw", 200_000))
+    Path(paths.refresh_token).write_bytes(woci.encrypt_refresh_token("rt", "pw", 200_000))
     settings = make_settings(oci_config_file=config, revocation_url="http://127.0.0.1:9/r")
     line = woci.logout(settings, {"HOME": str(tmp_path)})
-    assert "deleted" in line and not paths.refresh_token.exists()
+    assert "deleted" in line and not Path(paths.refresh_token).exists()
     assert any("cannot revoke the refresh token" in r.getMessage() and "encrypted" in
                r.getMessage() for r in caplog.records)
 
@@ -211,10 +211,10 @@ def test_clock_check_levels(tmp_path, skew, level):
 
 def test_doctor_fails_on_files_open_to_others_and_says_chmod(tmp_path):
     paths = session_folder(tmp_path, {"exp": NOW}, refresh="rt")
-    paths.refresh_token.chmod(0o644)
+    Path(paths.refresh_token).chmod(0o644)
     check = woci.check_session_files(context(tmp_path))
     assert check.level == "FAIL" and f"chmod 600 {paths.refresh_token}" in check.message
-    paths.folder.chmod(0o755)
+    Path(paths.folder).chmod(0o755)
     check = woci.check_session_folder(context(tmp_path))
     assert check.level == "FAIL" and f"chmod 700 {paths.folder}" in check.message
 
@@ -232,7 +232,7 @@ def test_doctor_refresh_token_checks_never_show_the_token(tmp_path):
     paths = session_folder(tmp_path / "b", refresh="rt-very-secret")
     check = woci.check_refresh_token(context(tmp_path / "b"))
     assert check.level == "ok" and "rt-very-secret" not in check.message
-    paths.refresh_token.write_bytes(woci.encrypt_refresh_token("rt", "pw", 200_000))
+    Path(paths.refresh_token).write_bytes(woci.encrypt_refresh_token("rt", "pw", 200_000))
     check = woci.check_refresh_token(context(tmp_path / "b"))
     assert check.level == "FAIL" and "no passphrase is configured" in check.message
     check = woci.check_refresh_token(context(
