@@ -2312,46 +2312,59 @@ def _parse_oauth_answer(response, url: str, what: str, skew: float | None,
     return document
 
 
+def open_http():
+    """One HTTP client for a renewal's calls: a grant and an exchange at one host (an OCI
+    identity domain is both) then share a connection, and one TLS handshake."""
+    import requests
+
+    return requests.Session()
+
+
 def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                basic: tuple[str, str] | None, now: Callable[[], float],
                sleep: Callable[[float], None], jitter: Callable[[], float] | None,
-               ca_bundle: str | None, any_success: bool = False) -> dict:
+               ca_bundle: str | None, any_success: bool = False, http=None) -> dict:
     import random
 
     import requests
 
     jitter = jitter or random.random
-
+    own_client = http is None
+    if own_client:
+        http = open_http()
     # Without a bundle of its own, requests reads REQUESTS_CA_BUNDLE and proxies from env.
     tls = {"verify": ca_bundle} if ca_bundle else {}
     last_problem = ""
     skew: float | None = None
-    for attempt in range(HTTP_ATTEMPTS):
-        if attempt:
-            log().info("retrying %s (%s)", what, last_problem)
-        try:
-            with requests.Session() as session:
-                response = session.request(
+    try:
+        for attempt in range(HTTP_ATTEMPTS):
+            if attempt:
+                log().info("retrying %s (%s)", what, last_problem)
+            try:
+                response = http.request(
                     method, url, data=dict(form) if form is not None else None,
                     timeout=HTTP_TIMEOUT, headers={"Accept": "application/json"},
                     auth=basic if basic else _no_netrc, allow_redirects=False, **tls)
-        except requests.exceptions.SSLError as exc:
-            raise HttpError(f"TLS failure talking to the {what} at {url}: "
-                            f"{_short_cause(exc)}") from exc
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            last_problem = _short_cause(exc)
-            retry_after = None
-        except requests.exceptions.RequestException as exc:
-            raise HttpError(f"cannot call the {what} at {url}: {_short_cause(exc)}") from exc
-        else:
-            skew = clock_skew_seconds(response.headers.get("Date"), now())
-            log().debug("%s answered HTTP %s", what, response.status_code)
-            if response.status_code not in RETRYABLE_STATUSES:
-                return _parse_oauth_answer(response, url, what, skew, any_success)
-            last_problem = f"HTTP {response.status_code}"
-            retry_after = response.headers.get("Retry-After")
-        if attempt + 1 < HTTP_ATTEMPTS:
-            sleep(retry_delay(attempt, retry_after, jitter))
+            except requests.exceptions.SSLError as exc:
+                raise HttpError(f"TLS failure talking to the {what} at {url}: "
+                                f"{_short_cause(exc)}") from exc
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                last_problem = _short_cause(exc)
+                retry_after = None
+            except requests.exceptions.RequestException as exc:
+                raise HttpError(f"cannot call the {what} at {url}: {_short_cause(exc)}") from exc
+            else:
+                skew = clock_skew_seconds(response.headers.get("Date"), now())
+                log().debug("%s answered HTTP %s", what, response.status_code)
+                if response.status_code not in RETRYABLE_STATUSES:
+                    return _parse_oauth_answer(response, url, what, skew, any_success)
+                last_problem = f"HTTP {response.status_code}"
+                retry_after = response.headers.get("Retry-After")
+            if attempt + 1 < HTTP_ATTEMPTS:
+                sleep(retry_delay(attempt, retry_after, jitter))
+    finally:
+        if own_client:
+            http.close()
     raise HttpError(f"the {what} at {url} failed {HTTP_ATTEMPTS} times, last with "
                     f"{last_problem}; try again later" + clock_skew_note(skew, "the server"))
 
@@ -2361,24 +2374,25 @@ def post_form(url: str, form: Mapping[str, str], what: str,
               now: Callable[[], float] = time.time,
               sleep: Callable[[float], None] = time.sleep,
               jitter: Callable[[], float] | None = None,
-              ca_bundle: str | None = None, any_success: bool = False) -> dict:
+              ca_bundle: str | None = None, any_success: bool = False, http=None) -> dict:
     """POST a form and return the JSON answer, retrying what a retry can fix.
 
     Timeouts, refused connections, 429 and 5xx are retried with exponential backoff and
     jitter (honouring Retry-After). An OAuth error object raises OAuthError; anything else
-    that is not JSON raises HttpError naming the endpoint.
+    that is not JSON raises HttpError naming the endpoint. http: the renewal's open_http()
+    client (None: one for this call).
     """
     return _call_json("POST", url, what, form, basic, now, sleep, jitter, ca_bundle,
-                      any_success)
+                      any_success, http)
 
 
 def get_json(url: str, what: str,
              now: Callable[[], float] = time.time,
              sleep: Callable[[float], None] = time.sleep,
              jitter: Callable[[], float] | None = None,
-             ca_bundle: str | None = None) -> dict:
+             ca_bundle: str | None = None, http=None) -> dict:
     """GET a JSON document (discovery), with post_form's timeouts, retries and TLS rules."""
-    return _call_json("GET", url, what, None, None, now, sleep, jitter, ca_bundle)
+    return _call_json("GET", url, what, None, None, now, sleep, jitter, ca_bundle, http=http)
 
 
 def _client_auth(settings: Settings) -> tuple[str, str] | None:
@@ -2396,25 +2410,25 @@ def _token_response(document: dict, url: str) -> TokenResponse:
 
 
 def redeem_code(settings: Settings, code: str, verifier: str,
-                redirect_uri: str | None = None) -> TokenResponse:
+                redirect_uri: str | None = None, http=None) -> TokenResponse:
     """The code grant; redirect_uri is the one the authorization request carried."""
     form = {"grant_type": "authorization_code", "code": code,
             "redirect_uri": redirect_uri or settings.redirect_uri,
             "client_id": settings.auth_client_id, "code_verifier": verifier}
     try:
         document = post_form(settings.token_url, form, "token endpoint", _client_auth(settings),
-                             ca_bundle=settings.ca_bundle)
+                             ca_bundle=settings.ca_bundle, http=http)
     except OAuthError as exc:
         raise AuthError(f"sign-in failed: {exc}") from exc
     return _token_response(document, settings.token_url)
 
 
-def refresh_grant(settings: Settings, refresh_token: str) -> TokenResponse:
+def refresh_grant(settings: Settings, refresh_token: str, http=None) -> TokenResponse:
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token,
             "client_id": settings.auth_client_id}
     try:
         document = post_form(settings.token_url, form, "token endpoint", _client_auth(settings),
-                             ca_bundle=settings.ca_bundle)
+                             ca_bundle=settings.ca_bundle, http=http)
     except OAuthError as exc:
         if exc.error == "invalid_grant":
             raise GrantRefused(f"the provider refused the stored refresh token ({exc.error})"
@@ -2495,7 +2509,7 @@ def write_discovery_cache(path: str, issuer: str, endpoints: Mapping[str, str],
 
 
 def discover(settings: Settings, path: str, now: Callable[[], float] = time.time,
-             fetch: Callable[..., dict] = get_json) -> dict[str, str]:
+             fetch: Callable[..., dict] = get_json, http=None) -> dict[str, str]:
     """The issuer's endpoints: the copy in path while it is less than a day old, else the
     document fetched now (and kept); when fetching fails, a copy up to a week old, with a
     warning."""
@@ -2506,7 +2520,7 @@ def discover(settings: Settings, path: str, now: Callable[[], float] = time.time
         return cached.endpoints
     url = discovery_url(issuer)
     try:
-        document = fetch(url, "discovery document", ca_bundle=settings.ca_bundle)
+        document = fetch(url, "discovery document", ca_bundle=settings.ca_bundle, http=http)
     except (HttpError, OAuthError) as exc:
         if cached is not None and cached.age < DISCOVERY_STALE_MAX_SECONDS:
             log().warning("using the copy of the discovery document from %s ago, as reading it "
@@ -3024,14 +3038,14 @@ def _device_grant_hint(settings: Settings, exc: OAuthError) -> str:
     return ""
 
 
-def request_device_authorization(settings: Settings) -> DeviceAuthorization:
+def request_device_authorization(settings: Settings, http=None) -> DeviceAuthorization:
     url = settings.device_authorization_url
     assert url is not None   # build_settings or resolve_endpoints saw to it
     try:
         document = post_form(url, {"client_id": settings.auth_client_id,
                                    "scope": settings.scope},
                              "device authorization endpoint", _client_auth(settings),
-                             ca_bundle=settings.ca_bundle)
+                             ca_bundle=settings.ca_bundle, http=http)
     except OAuthError as exc:
         raise AuthError(f"the device sign-in could not start: {exc}"
                         f"{_device_grant_hint(settings, exc)}") from exc
@@ -3050,11 +3064,11 @@ def show_device_code(settings: Settings, device: DeviceAuthorization, wait: floa
 
 
 def device_sign_in(settings: Settings, now: Callable[[], float] = time.monotonic,
-                   sleep: Callable[[float], None] = time.sleep) -> TokenResponse:
+                   sleep: Callable[[float], None] = time.sleep, http=None) -> TokenResponse:
     """RFC 8628: the user code and where to enter it on stderr, then the token endpoint
     polled every interval (5 s more after each slow_down) until the sign-in is approved,
     denied, or its code expires; bounded by login_timeout. No browser is opened here."""
-    device = request_device_authorization(settings)
+    device = request_device_authorization(settings, http)
     token_url = settings.token_url
     assert token_url is not None   # resolve_endpoints saw to it
     started = now()
@@ -3076,7 +3090,7 @@ def device_sign_in(settings: Settings, now: Callable[[], float] = time.monotonic
         sleep(interval)
         try:
             document = post_form(token_url, form, "token endpoint", _client_auth(settings),
-                                 ca_bundle=settings.ca_bundle)
+                                 ca_bundle=settings.ca_bundle, http=http)
         except OAuthError as exc:
             if exc.error == "authorization_pending":
                 continue
@@ -3177,7 +3191,7 @@ def check_upst(upst: str, key, url: str, now: float) -> None:
 
 
 def request_upst(settings: Settings, access_token: str, key,
-                 now: Callable[[], float] = time.time) -> str:
+                 now: Callable[[], float] = time.time, http=None) -> str:
     """Exchange the provider's access token (never the ID token) for a UPST bound to key."""
     form = {"grant_type": TOKEN_EXCHANGE_GRANT, "requested_token_type": UPST_TOKEN_TYPE,
             "subject_token": access_token, "subject_token_type": "jwt",
@@ -3185,7 +3199,7 @@ def request_upst(settings: Settings, access_token: str, key,
     try:
         document = post_form(settings.token_exchange_url, form, "OCI token exchange",
                              (settings.client_id, settings.client_secret),
-                             ca_bundle=settings.ca_bundle)
+                             ca_bundle=settings.ca_bundle, http=http)
     except OAuthError as exc:
         raise ExchangeError(str(exc)) from exc
     upst = document.get("token")
@@ -3283,14 +3297,14 @@ def _prepare_refresh_token_storage(session: Session) -> None:
             f"`woci --profile {session.settings.profile} --logout` to start over unencrypted)")
 
 
-def _refresh_grant_or_none(settings: Settings, refresh_token: str) -> TokenResponse | None:
+def _refresh_grant_or_none(settings: Settings, refresh_token: str, http) -> TokenResponse | None:
     try:
-        return refresh_grant(settings, refresh_token)
+        return refresh_grant(settings, refresh_token, http)
     except GrantRefused:
         return None
 
 
-def _refresh(session: Session) -> TokenResponse | None:
+def _refresh(session: Session, http) -> TokenResponse | None:
     """The refresh grant with the stored token, its successor saved at once (before the
     exchange can fail); None when only a sign-in can help."""
     store = session.refresh_tokens
@@ -3298,12 +3312,12 @@ def _refresh(session: Session) -> TokenResponse | None:
     if presented is None:
         log().info("no refresh token stored for profile %s", session.settings.profile)
         return None
-    tokens = _refresh_grant_or_none(session.settings, presented)
+    tokens = _refresh_grant_or_none(session.settings, presented, http)
     if tokens is None:
         again = store.load()
         if again is not None and again != presented:
             log().info("the refresh token was rotated by another process; retrying with it")
-            presented, tokens = again, _refresh_grant_or_none(session.settings, again)
+            presented, tokens = again, _refresh_grant_or_none(session.settings, again, http)
     if tokens is None:
         log().warning("the provider refused the stored refresh token; a new sign-in is needed")
         return None
@@ -3326,17 +3340,17 @@ def login_flow_here(session: Session) -> str:
     return settings.login_flow
 
 
-def _sign_in(session: Session) -> TokenResponse:
+def _sign_in(session: Session, http) -> TokenResponse:
     if not session.can_sign_in:
         raise SignInNeeded(sign_in_hint(session.settings))
     settings = session.settings
     flow = login_flow_here(session)
     if flow == "device":
-        tokens = device_sign_in(settings)
+        tokens = device_sign_in(settings, http=http)
     else:
         grant = (manual_sign_in(settings, session.read_line) if flow == "manual"
                  else browser_sign_in(settings, session.open_browser))
-        tokens = redeem_code(settings, grant.code, grant.verifier, grant.redirect_uri)
+        tokens = redeem_code(settings, grant.code, grant.verifier, grant.redirect_uri, http)
     if tokens.refresh_token:
         session.refresh_tokens.save(tokens.refresh_token)
     else:
@@ -3347,7 +3361,8 @@ def _sign_in(session: Session) -> TokenResponse:
     return tokens
 
 
-def _complete(session: Session, config: configparser.ConfigParser, access_token: str) -> None:
+def _complete(session: Session, config: configparser.ConfigParser, access_token: str,
+              http) -> None:
     """Exchange the access token and write key, token and profile, in that order."""
     settings, paths = session.settings, session.paths
     ensure_private_folder(paths.folder)
@@ -3356,7 +3371,7 @@ def _complete(session: Session, config: configparser.ConfigParser, access_token:
     created = key is None
     if created:
         key = new_private_key()
-    upst = request_upst(settings, access_token, key, session.now)
+    upst = request_upst(settings, access_token, key, session.now, http)
     iat = jwt_claims_unverified(upst).get("iat")
     if isinstance(iat, (int, float)) and not isinstance(iat, bool):
         note = clock_skew_note(session.now() - iat, "OCI")
@@ -3407,13 +3422,14 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
         # An OCI config woci could not update must stop it before a refresh or a sign-in.
         _, config = read_oci_config(settings.oci_config_file)
         session.refresh_tokens.settle()   # file <-> keyring, as refresh_token_storage says
-        session = session._replace(settings=resolve_endpoints(
-            settings, paths.discovery, signing_in=session.can_sign_in))
-        _prepare_refresh_token_storage(session)
-        tokens = None if renewal is Renewal.SIGN_IN else _refresh(session)
-        if tokens is None:
-            tokens = _sign_in(session)
-        _complete(session, config, tokens.access_token)
+        with open_http() as http:
+            session = session._replace(settings=resolve_endpoints(
+                settings, paths.discovery, signing_in=session.can_sign_in, http=http))
+            _prepare_refresh_token_storage(session)
+            tokens = None if renewal is Renewal.SIGN_IN else _refresh(session, http)
+            if tokens is None:
+                tokens = _sign_in(session, http)
+            _complete(session, config, tokens.access_token, http)
         return read_session_token(paths)
 
 

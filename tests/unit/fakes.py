@@ -106,12 +106,17 @@ class LocalServer:
 
     def __init__(self, respond, date_offset: float = 0.0):
         self.requests: list[Request] = []
+        self.connections: list[tuple] = []   # the client address of each connection accepted
         self.respond = respond
         self.date_offset = date_offset
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+            protocol_version = "HTTP/1.1"   # keep-alive: a client may send several requests
+
+            def setup(self):
+                super().setup()
+                owner.connections.append(self.client_address)
 
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)

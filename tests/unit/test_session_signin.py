@@ -62,6 +62,25 @@ def test_renewal_reads_discovery_once_and_uses_its_endpoints(fake, tmp_path):
     assert len(discoveries(fake)) == 1 and len(fake.grants("refresh_token")) == 2
 
 
+def test_a_renewal_at_one_host_opens_one_connection(fake, tmp_path):
+    """Discovery, the refresh grant and the exchange at one host (an OCI identity domain is
+    provider and exchange) share one connection: one TCP and TLS handshake, not three."""
+    m = issuer_session(fake, tmp_path, token_exchange_url=None)
+    seed_expired_session(m, fake)
+    woci.ensure_session(m)
+    assert len(fake.requests) == 3   # discovery, refresh grant, exchange
+    assert len(fake.server.connections) == 1
+
+
+def test_a_sign_in_at_one_host_opens_one_connection(fake, tmp_path):
+    """The browser sign-in's code grant and the exchange reuse the discovery's connection."""
+    m = issuer_session(fake, tmp_path, token_exchange_url=None)
+    woci.ensure_session(m, renewal=woci.Renewal.SIGN_IN)
+    assert [r.form.get("grant_type") for r in fake.requests[1:]] == [
+        "authorization_code", woci.TOKEN_EXCHANGE_GRANT]
+    assert len(fake.server.connections) == 1
+
+
 def test_a_wrong_issuer_stops_the_renewal_before_any_grant(fake, tmp_path):
     m = issuer_session(fake, tmp_path, issuer=fake.url + "/")   # the document says no "/"
     seed_expired_session(m, fake)
