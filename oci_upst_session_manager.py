@@ -1153,17 +1153,21 @@ def describe_settings(cmd: CommandLine, environ: Mapping[str, str],
     return described
 
 
+def open_to_others(path: str) -> bool:
+    """The file's group or other users may read or write it (False when it cannot be seen)."""
+    try:
+        return bool(os.stat(path).st_mode & 0o077)
+    except OSError:
+        return False
+
+
 def warn_if_secrets_exposed(path: str | None, manager_ini: configparser.ConfigParser | None
                             ) -> None:
     if path is None or manager_ini is None:
         return
     holds_secret = any(manager_ini.has_option(section, key)
                        for section in manager_ini.sections() for key in SECRET_KEYS)
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return
-    if holds_secret and mode & 0o077:
+    if holds_secret and open_to_others(path):
         log().warning("%s holds a client secret but other users can read it; run: chmod 600 %s",
                     path, path)
 
@@ -2105,7 +2109,8 @@ def _fast_settings(cmd: CommandLine, environ: Mapping[str, str], config_file: st
                    profile: str) -> Settings | None:
     """build_settings on the manager INI as this section's reader sees it: the same checks,
     the same precedence; None for anything the full way should report (a file it cannot
-    read, a key it does not know, a value it refuses, a setting missing)."""
+    read, a key it does not know, a value it refuses, a setting missing, a secret in a file
+    other users can read)."""
     candidates, explicit = manager_config_candidates(cmd, environ, config_file)
     path, values = None, {}
     for candidate in candidates:
@@ -2121,6 +2126,8 @@ def _fast_settings(cmd: CommandLine, environ: Mapping[str, str], config_file: st
             break
     if set(values) - set(INI_KINDS):
         return None   # the full way warns about unknown keys
+    if path is not None and set(values) & set(SECRET_KEYS) and open_to_others(path):
+        return None   # the full way warns: run chmod 600
     try:
         return build_settings(cmd, environ, None, path, ini=values)
     except ConfigError:

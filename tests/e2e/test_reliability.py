@@ -400,13 +400,15 @@ def test_no_secret_reaches_stderr_logs_or_files_of_others(user, idp, emulator):
 
 
 def test_world_readable_manager_ini_with_a_secret_draws_a_warning(user):
-    """A manager INI holding client_secret that others can read: a warning names chmod 600."""
+    """A manager INI holding client_secret that others can read: a warning names chmod 600,
+    at the run that signs in and at the next, which finds the session valid."""
     user.manager_ini.chmod(0o644)
 
-    result = user.oci_ns_get()
+    for _ in range(2):
+        result = user.oci_ns_get()
 
-    assert_namespace_printed(result)
-    assert "chmod 600" in result.stderr
+        assert_namespace_printed(result)
+        assert "chmod 600" in result.stderr
 
 
 def test_oci_child_gets_only_the_users_arguments(user, tmp_path):

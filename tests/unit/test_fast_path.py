@@ -31,6 +31,7 @@ def home(tmp_path):
     session = tmp_path / ".oci" / "sessions" / "dev"
     session.mkdir(parents=True)
     (tmp_path / ".oci" / "woci_manager.ini").write_text(MANAGER_INI)
+    (tmp_path / ".oci" / "woci_manager.ini").chmod(0o600)   # it holds a secret
     (session / "token").write_text(unsigned_jwt({"exp": NOW + 3000}))
     (tmp_path / ".oci" / "config").write_text(
         f"[DEFAULT]\nregion = us-ashburn-1\n\n[dev]\nkey_file = {session}/oci_api_key.pem\n"
@@ -108,6 +109,18 @@ def test_manager_ini_auto_refresh_and_passphrase_variable_are_honoured(home):
 
     ini.write_text(MANAGER_INI + "[dev]\nauto_refresh = true\n")
     assert answer(home, "--profile", "dev", "os", "ns", "get") is None
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_secret_in_an_ini_others_can_read_goes_the_full_way_which_warns(home, mode):
+    """The full way says `chmod 600` at every run until it is done; the fast path must not
+    keep that quiet."""
+    ini = home / ".oci" / "woci_manager.ini"
+    ini.chmod(mode)
+    assert answer(home, "--profile", "dev", "os", "ns", "get") is None
+    ini.write_text(MANAGER_INI.replace("client_secret = oci-secret\n", ""))
+    assert answer(home, "--profile", "dev", "os", "ns", "get",
+                  WOCI_CLIENT_SECRET="s").oci_argv is not None   # no secret in it: fine
 
 
 def test_an_explicit_manager_ini_that_is_missing_goes_the_full_way(home):
