@@ -921,8 +921,8 @@ def resolve_profile(cmd: CommandLine, environ: Mapping[str, str]) -> str:
 
 def resolve_oci_config_file(cmd: CommandLine, environ: Mapping[str, str]) -> str:
     path = cmd.oci_options.get("config_file") or environ.get("OCI_CLI_CONFIG_FILE")
-    if path:
-        return expand_home(path, environ)
+    if path:   # absolute: the daemon works from /
+        return absolute(expand_home(path, environ))
     return os.path.join(home_folder(environ), ".oci", "config")
 
 
@@ -2054,11 +2054,12 @@ def forget_session_in_profile(config_file: str, profile: str, paths: SessionPath
 # which reads the same files again with configparser and reports what is wrong.
 
 
-def ini_sections(text: str, wanted: tuple[str, ...]) -> dict[str, dict[str, str]] | None:
-    """The values of the wanted sections, split by the rules upsert_profile follows; None when
-    the text holds anything this reader does not settle the way configparser would (a line
-    that is no INI, a key before any section, a wanted section or key given twice, a value
-    continued on more lines), so that the caller leaves the run to the full way."""
+def ini_sections(text: str, wanted: tuple[str, ...] | None) -> dict[str, dict[str, str]] | None:
+    """The values of the wanted sections (None: all), split by the rules upsert_profile
+    follows; None when the text holds anything this reader does not settle the way
+    configparser would (a line that is no INI, a key before any section, a wanted section or
+    key given twice, a value continued on more lines), so that the caller leaves the run to
+    the full way."""
     sections: dict[str, dict[str, str]] = {}
     current: dict[str, str] | None = None
     in_a_section = False
@@ -2071,7 +2072,8 @@ def ini_sections(text: str, wanted: tuple[str, ...]) -> dict[str, dict[str, str]
             if header in sections:
                 return None
             in_a_section = True
-            current = sections.setdefault(header, {}) if header in wanted else None
+            current = sections.setdefault(header, {}) \
+                if wanted is None or header in wanted else None
             continue
         if line[:1].isspace():
             if current is not None:
@@ -2105,6 +2107,14 @@ def _fast_profile_points_here(config_file: str, profile: str, paths: SessionPath
     return points_at_session(values, paths, environ)
 
 
+def _holds_secret(text: str) -> bool:
+    """A secret key in any section (or text this reader cannot settle): what the full way's
+    chmod 600 warning looks for."""
+    sections = ini_sections(text, None)
+    return sections is None or any(key in SECRET_KEYS for values in sections.values()
+                                   for key in values)
+
+
 def _fast_settings(cmd: CommandLine, environ: Mapping[str, str], config_file: str,
                    profile: str) -> Settings | None:
     """build_settings on the manager INI as this section's reader sees it: the same checks,
@@ -2126,7 +2136,7 @@ def _fast_settings(cmd: CommandLine, environ: Mapping[str, str], config_file: st
             break
     if set(values) - set(INI_KINDS):
         return None   # the full way warns about unknown keys
-    if path is not None and set(values) & set(SECRET_KEYS) and open_to_others(path):
+    if path is not None and open_to_others(path) and _holds_secret(text):
         return None   # the full way warns: run chmod 600
     try:
         return build_settings(cmd, environ, None, path, ini=values)
@@ -2368,6 +2378,9 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                 last_problem = f"HTTP {response.status_code}"
                 retry_after = response.headers.get("Retry-After")
             if attempt + 1 < HTTP_ATTEMPTS:
+                # The retry on a new connection: behind a balancer that routes connections,
+                # it may reach a server that works.
+                http.close()
                 sleep(retry_delay(attempt, retry_after, jitter))
     finally:
         if own_client:
@@ -4381,7 +4394,7 @@ def check_session_files(ctx: DoctorContext) -> Check:
     import stat
 
     paths = ctx.paths
-    present, open_to_others = [], []
+    present, exposed = [], []
     for path in (paths.token, paths.key, paths.public_key, paths.refresh_token,
                  paths.keyring_marker, paths.pid, paths.daemon_state, paths.daemon_log):
         mode = _mode(path)
@@ -4392,10 +4405,10 @@ def check_session_files(ctx: DoctorContext) -> Check:
             return Check(WARN, f"session files: {path} is a symbolic link, which oci warns "
                                "about; run woci --logout and sign in again")
         if mode & 0o077:
-            open_to_others.append(str(path))
-    if open_to_others:
-        return Check(FAIL, f"session files open to other users: {', '.join(open_to_others)}; "
-                           f"run: chmod 600 {' '.join(open_to_others)}")
+            exposed.append(str(path))
+    if exposed:
+        return Check(FAIL, f"session files open to other users: {', '.join(exposed)}; "
+                           f"run: chmod 600 {' '.join(exposed)}")
     if not present:
         return Check(OK, "session files: none yet")
     return Check(OK, f"session files: {len(present)}, all private (0600)")
@@ -4504,7 +4517,9 @@ def check_refresh_token(ctx: DoctorContext) -> Check:
             RefreshTokenStore(ctx.paths.refresh_token, NoPassphrase()).load()
         except RefreshTokenError as exc:
             return Check(FAIL, f"refresh token: {exc}")
-        detail = "plain text, readable only by you"
+        # the session-files check has said chmod 600 when others can read it
+        detail = "plain text, open to other users" if open_to_others(ctx.paths.refresh_token) \
+            else "plain text, readable only by you"
     if wanted == "keyring":
         return Check(WARN, f"refresh token: in {ctx.paths.refresh_token}, but "
                            f"refresh_token_storage = keyring; {moves}")

@@ -121,6 +121,8 @@ def test_a_secret_in_an_ini_others_can_read_goes_the_full_way_which_warns(home, 
     ini.write_text(MANAGER_INI.replace("client_secret = oci-secret\n", ""))
     assert answer(home, "--profile", "dev", "os", "ns", "get",
                   WOCI_CLIENT_SECRET="s").oci_argv is not None   # no secret in it: fine
+    ini.write_text(MANAGER_INI + "[prod]\nauth_client_secret = s2\n")   # another profile's
+    assert answer(home, "--profile", "dev", "os", "ns", "get") is None
 
 
 def test_an_explicit_manager_ini_that_is_missing_goes_the_full_way(home):
@@ -280,7 +282,7 @@ def test_modules_named_only_for_annotations_are_imported_where_they_are_used():
     import ast
 
     tree = ast.parse(Path(woci.__file__).read_text())
-    lazy = {"configparser", "subprocess", "threading", "signal"}
+    lazy = {"configparser", "subprocess", "threading", "signal", "fcntl"}
     unimported = []
     # Outermost functions and methods: a nested function sees its enclosing one's imports.
     outermost = [node for top in tree.body

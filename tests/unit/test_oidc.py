@@ -31,10 +31,10 @@ class Sleeps(list):
         self.append(seconds)
 
 
-def post(server, form=None, basic=None, sleep=None, path="/token"):
+def post(server, form=None, basic=None, sleep=None, path="/token", http=None):
     return woci.post_form(server.url + path, form or {"a": "1"}, "token endpoint", basic,
                           sleep=sleep if sleep is not None else Sleeps(),
-                          jitter=lambda: 0.0)
+                          jitter=lambda: 0.0, http=http)
 
 
 # --- post_form -----------------------------------------------------------------------------------
@@ -89,6 +89,16 @@ def test_retries_server_errors_then_succeeds():
         assert post(server, sleep=sleeps)["access_token"] == "at-1"
     assert len(server.requests) == 3
     assert sleeps == [0.25, 0.5]
+    # each retry on a connection of its own: behind a balancer, maybe another server
+    assert len(server.connections) == 3
+
+
+def test_calls_sharing_a_client_share_its_connection():
+    """A renewal's calls to one host go over one connection (one TCP and TLS handshake)."""
+    with LocalServer([OK]) as server, woci.open_http() as http:
+        for _ in range(3):
+            assert post(server, http=http)["access_token"] == "at-1"
+    assert len(server.requests) == 3 and len(server.connections) == 1
 
 
 def test_429_retry_after_is_honoured():

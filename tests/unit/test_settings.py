@@ -1,6 +1,7 @@
 """Section 3: splitting argv between woci and oci, and settings from flags, INI and defaults."""
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -307,6 +308,9 @@ def test_oci_config_file_resolution(tmp_path):
     env2 = {**env, "OCI_CLI_CONFIG_FILE": "~/other"}
     assert woci.resolve_oci_config_file(split([]), env2) == str(tmp_path / "other")
     assert woci.resolve_oci_config_file(split(["--config-file", "/x/c"]), env2) == "/x/c"
+    # relative: from the working folder, so the daemon (which works from /) finds it too
+    assert woci.resolve_oci_config_file(split(["--config-file", "rel/c"]), env2) == \
+        os.path.join(os.getcwd(), "rel", "c")
 
 
 def test_manager_config_candidates(tmp_path):

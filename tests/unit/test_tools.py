@@ -232,6 +232,10 @@ def test_doctor_refresh_token_checks_never_show_the_token(tmp_path):
     paths = session_folder(tmp_path / "b", refresh="rt-very-secret")
     check = woci.check_refresh_token(context(tmp_path / "b"))
     assert check.level == "ok" and "rt-very-secret" not in check.message
+    assert "readable only by you" in check.message
+    Path(paths.refresh_token).chmod(0o644)   # check_session_files says chmod 600
+    check = woci.check_refresh_token(context(tmp_path / "b"))
+    assert "open to other users" in check.message and "readable only" not in check.message
     Path(paths.refresh_token).write_bytes(woci.encrypt_refresh_token("rt", "pw", 200_000))
     check = woci.check_refresh_token(context(tmp_path / "b"))
     assert check.level == "FAIL" and "no passphrase is configured" in check.message
