@@ -4848,10 +4848,11 @@ def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     if cmd.mode is Mode.VERSION:
         print(f"woci {__version__}")
         return EXIT_OK
+    if cmd.mode is Mode.STATUS:   # it logs nothing, and a shell prompt may run it every time
+        return run_status_mode(cmd, environ)
+    configure_logging(DEFAULT_LOG_LEVEL)
     if cmd.mode in (Mode.DAEMON_STATUS, Mode.STOP_DAEMON):
         return run_daemon_control(cmd, environ)
-    if cmd.mode is Mode.STATUS:
-        return run_status_mode(cmd, environ)
     if cmd.mode is Mode.DOCTOR:
         return run_doctor_mode(cmd, environ)
     if cmd.mode is Mode.LOGOUT:
@@ -4881,7 +4882,6 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         answer = fast_path(argv, environ, time.time())
         if answer is not None:
             return give_fast_answer(answer)
-        configure_logging(DEFAULT_LOG_LEVEL)
         return run(split_command_line(argv), environ)
     except WociError as exc:
         log().debug("failure details", exc_info=True)

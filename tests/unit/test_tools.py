@@ -2,6 +2,9 @@
 --doctor checks, on real files in a temporary HOME and against local HTTP servers."""
 
 import json
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import pytest
 
 import oci_upst_session_manager as woci
 from tests.unit.fakes import Answer, LocalServer, free_port, make_settings, unsigned_jwt
+from tests.unit.test_fast_path import NOT_ON_THE_FAST_PATH
 
 NOW = 1_800_000_000
 
@@ -89,6 +93,27 @@ def test_status_reports_an_unusable_token_file(tmp_path):
     report = woci.session_status(paths, "p", NOW)
     assert report.document["session"]["exp"] is None
     assert "session: unusable (" in woci.status_text(report, NOW)
+
+
+def test_status_loads_no_more_than_the_fast_path(tmp_path):
+    """A shell prompt may run --status every time: it imports what a valid-session run does
+    (not logging, configparser or requests), whatever the session's state."""
+    session_folder(tmp_path, {"exp": NOW}, refresh="rt")
+    script = textwrap.dedent(f"""
+        import sys
+        before = set(sys.modules)
+        import oci_upst_session_manager as woci
+        code = woci.main(["--profile", "p", "--status", "--json"], {{"HOME": {str(tmp_path)!r}}})
+        print(code)
+        print(" ".join(sorted(set(sys.modules) - before)))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    document, code, modules = result.stdout.splitlines()
+    assert json.loads(document)["refresh_token"]["stored"] is True and code == "0"
+    loaded = set(modules.split())
+    assert loaded & NOT_ON_THE_FAST_PATH == set(), sorted(loaded & NOT_ON_THE_FAST_PATH)
 
 
 def test_status_sees_a_running_daemon_by_its_lock(tmp_path):
