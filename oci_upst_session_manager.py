@@ -1746,9 +1746,7 @@ class KeyringRefreshTokenStore:
             except StorageError as exc:
                 log().warning("%s (an old item of woci's)", exc)
         try:
-            os.unlink(self.file_store.path)
-        except FileNotFoundError:
-            pass
+            remove_if_present(self.file_store.path)
         except OSError as exc:
             raise StorageError(f"cannot remove {self.file_store.path}: "
                                f"{describe_os_error(exc)}") from exc
@@ -4114,12 +4112,10 @@ def delete_session_files(paths: SessionPaths, key_path: str) -> list[str]:
     for path in dict.fromkeys((paths.token, key_path, paths.key, paths.public_key,
                                paths.refresh_token, paths.daemon_state)):
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            continue
+            if remove_if_present(path):
+                deleted.append(os.path.basename(path))
         except OSError as exc:
             raise StorageError(f"cannot delete {path}: {describe_os_error(exc)}") from exc
-        deleted.append(os.path.basename(path))
     if clear_credential_cache(paths):
         deleted.append(f"{CREDENTIAL_CACHE_FOLDER}/")
     return deleted
