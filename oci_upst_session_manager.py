@@ -1618,7 +1618,11 @@ class RefreshTokenStore:
         drop_keyring_item(marker, item, backend)
 
     def load(self) -> str | None:
-        raw = read_file_if_present(self.path)
+        try:
+            raw = read_file_if_present(self.path)
+        except StorageError as exc:
+            # Like an undecryptable one: the user must act, so exit 2 (SPEC 9), not 1.
+            raise RefreshTokenError(str(exc)) from exc
         if raw is None:
             return None
         if is_encrypted_document(raw):
