@@ -2127,8 +2127,8 @@ def _fast_settings(cmd: CommandLine, environ: Mapping[str, str], config_file: st
     path, values = None, {}
     for candidate in candidates:
         text = _read_text(candidate)
-        if text is None and explicit:
-            return None
+        if text is None and (explicit or os.path.exists(candidate)):
+            return None   # the full way refuses it, or warns that it cannot read it
         if text is not None:
             sections = ini_sections(text, (COMMON_SECTION, profile))
             if sections is None:
