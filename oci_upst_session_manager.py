@@ -4824,7 +4824,13 @@ def run_status_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
 
 
 def run_logout_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
-    """--logout uses only the settings it needs: without them it cannot revoke, and says so."""
+    """--logout uses only the settings it needs: without them it cannot revoke, and says so.
+    A manager INI named by --manager-config or WOCI_MANAGER_CONFIG must be usable, though
+    (exit 2): it was meant, and it may hold the endpoint the revocation needs."""
+    candidates, explicit = manager_config_candidates(cmd, environ,
+                                                     resolve_oci_config_file(cmd, environ))
+    if explicit:
+        load_manager_ini(candidates, explicit)
     try:
         settings = load_settings(cmd, environ, required=())
     except ConfigError as exc:
