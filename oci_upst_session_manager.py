@@ -773,6 +773,8 @@ def split_command_line(argv: list[str]) -> CommandLine:
             oci_args.append(arg)
             i += 1
         elif spec.kind == "exec":
+            if mode is not Mode.RUN:
+                raise ConfigError(f"{name} cannot be combined with --{mode.value}")
             rest = argv[i + 1:]
             if rest[:1] == ["--"]:
                 rest = rest[1:]
