@@ -4272,6 +4272,11 @@ def check_settings(ctx: DoctorContext) -> list[Check]:
         else:
             shown = mask_secret(item.value) if item.key in SECRET_KEYS else item.value
             checks.append(Check(OK, f"{item.key} = {shown} ({item.source})"))
+            if item.key in SECRET_KEYS and item.source == FLAG_OF_KEY[item.key]:
+                checks.append(Check(WARN, f"{item.key}: {item.source} on the command line is "
+                                          "visible to every user of this machine (ps); put it "
+                                          "in the manager INI (mode 0600) or env "
+                                          f"{OPTIONS_BY_FLAG[item.source].env} instead"))
     if ctx.settings_problem and not any(check.level == FAIL for check in checks):
         checks.append(Check(FAIL, f"settings: {ctx.settings_problem}"))
     return checks

@@ -204,6 +204,20 @@ def test_doctor_masks_secrets_and_names_their_sources(tmp_path):
     assert not any("secret-value" in line for line in lines)
 
 
+def test_doctor_warns_about_a_secret_given_as_a_flag(tmp_path):
+    """SPEC 2: a secret flag is visible to every local user (ps), and woci says so, naming
+    the option; --doctor says it in its report, as a warn line."""
+    ctx = context(tmp_path, ["--client-secret", "flag-secret-value"],
+                  "[COMMON]\nauth_client_secret = ini-secret-value-long\n")
+    checks = woci.check_settings(ctx)
+    warned = [check.message for check in checks if check.level == woci.WARN]
+    assert len(warned) == 1 and "--client-secret" in warned[0] and "ps" in warned[0]
+    assert "WOCI_CLIENT_SECRET" in warned[0]
+    assert not any("secret-value" in check.message for check in checks)
+    assert not any(check.level == woci.WARN for check in woci.check_settings(
+        context(tmp_path, [], None, {"WOCI_CLIENT_SECRET": "env-secret-value-long"})))
+
+
 def test_doctor_report_starts_every_line_with_its_level():
     report = woci.doctor_report([woci.Check("ok", "a"), woci.Check("warn", "b"),
                                  woci.Check("FAIL", "c")])
