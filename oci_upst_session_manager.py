@@ -236,6 +236,10 @@ class RefreshTokenError(WociError):
     exit_code = EXIT_USAGE
 
 
+class WrongPassphrase(RefreshTokenError):
+    """The encrypted refresh token does not open with the passphrase given."""
+
+
 class AuthError(WociError):
     """Sign-in, refresh or the provider failed."""
 
@@ -1511,8 +1515,8 @@ def decrypt_refresh_token(raw: bytes, passphrase: str, path: str) -> str:
         plain = AESGCM(_derive_key(passphrase, salt, iterations)).decrypt(
             nonce, ciphertext, ENCRYPTION_AAD)
     except (InvalidTag, ValueError) as exc:
-        raise RefreshTokenError(f"cannot decrypt the refresh token {path}: wrong passphrase, "
-                                "or the file was altered") from exc
+        raise WrongPassphrase(f"cannot decrypt the refresh token {path}: wrong passphrase, "
+                              "or the file was altered") from exc
     return plain.decode("utf-8")
 
 
@@ -3305,15 +3309,27 @@ def _point_profile_here(session: Session, token: str | None) -> None:
                        stored_key_fingerprint(session.paths))
 
 
-def _prepare_refresh_token_storage(session: Session) -> None:
+def _prepare_refresh_token_storage(session: Session, refreshing: bool = True) -> None:
     """Obtain the passphrase before any grant: a refresh token is never spent when its
     successor could not be stored. An encrypted token is never silently replaced by a
-    plain one."""
+    plain one, nor by one under a passphrase that does not open it."""
     store = session.refresh_tokens
     encrypted = store.holds_encrypted()
     if store.passphrase.configured:
         # Asked twice unless it opens an existing file: a typo would lock the user out.
         store.passphrase.get(creating=not encrypted)
+        if encrypted and not refreshing:
+            # The refresh would open the file with it; a sign-in must try too, or a mistyped
+            # (so unconfirmed) passphrase would encrypt the new token. A damaged file is
+            # what the sign-in replaces.
+            try:
+                store.load()
+            except WrongPassphrase as exc:
+                raise WrongPassphrase(f"{exc}; nothing was changed (to start over without "
+                                      f"it: woci --profile {session.settings.profile} "
+                                      "--logout)") from exc
+            except RefreshTokenError:
+                pass
     elif encrypted:
         raise RefreshTokenError(
             f"the refresh token {store.path} is encrypted and no passphrase is configured: "
@@ -3449,7 +3465,7 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
         with open_http() as http:
             session = session._replace(settings=resolve_endpoints(
                 settings, paths.discovery, signing_in=session.can_sign_in, http=http))
-            _prepare_refresh_token_storage(session)
+            _prepare_refresh_token_storage(session, refreshing=renewal is not Renewal.SIGN_IN)
             tokens = None if renewal is Renewal.SIGN_IN else _refresh(session, http)
             if tokens is None:
                 tokens = _sign_in(session, http)
@@ -3562,9 +3578,9 @@ class AutoRefresher:
 
 
 # Failures a renewal child may report, by name; anything else arrives as a plain WociError.
-CHILD_FAILURES = {cls.__name__: cls for cls in (SignInNeeded, RefreshTokenError, ConfigError,
-                                                AuthError, HttpError, ExchangeError,
-                                                StorageError)}
+CHILD_FAILURES = {cls.__name__: cls for cls in (SignInNeeded, RefreshTokenError, WrongPassphrase,
+                                                ConfigError, AuthError, HttpError,
+                                                ExchangeError, StorageError)}
 
 
 def ensure_in_child(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS,
