@@ -3285,10 +3285,24 @@ class Session(collections.namedtuple(
         return self.refresh_tokens.passphrase
 
 
-def sign_in_hint(settings: Settings) -> str:
+def sign_in_hint(settings: Settings, environ: Mapping[str, str]) -> str:
+    """The one line of SignInNeeded. The command it names must reach the same files: an OCI
+    config or a manager INI that a plain `woci` in a terminal would not find is named."""
+    import shlex
+
+    default_folder = os.path.join(home_folder(environ), ".oci")
+    config, manager = str(settings.oci_config_file), settings.manager_config_file
+    manager = str(manager) if manager else None
+    where = ""
+    if config != os.path.join(default_folder, "config"):
+        where += f" --config-file {shlex.quote(config)}"
+    if manager and manager not in (os.path.join(os.path.dirname(config), MANAGER_INI_NAME),
+                                   os.path.join(default_folder, MANAGER_INI_NAME)):
+        where += f" --manager-config {shlex.quote(manager)}"
     return (f"a sign-in is needed for OCI profile {settings.profile} and nobody can answer it "
-            f"here; run `woci --profile {settings.profile} session authenticate` in a terminal "
-            "(add --login-flow device where no browser can reach this machine), then try again")
+            f"here; run `woci --profile {settings.profile} session authenticate{where}` in a "
+            "terminal (add --login-flow device where no browser can reach this machine), then "
+            "try again")
 
 
 def _profile_points_here(session: Session) -> bool:
@@ -3382,7 +3396,7 @@ def login_flow_here(session: Session) -> str:
 
 def _sign_in(session: Session, http) -> TokenResponse:
     if not session.can_sign_in:
-        raise SignInNeeded(sign_in_hint(session.settings))
+        raise SignInNeeded(sign_in_hint(session.settings, session.environ))
     settings = session.settings
     flow = login_flow_here(session)
     if flow == "device":
@@ -3451,7 +3465,7 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
         if session_is_fresh(state, session.now(), min_validity) and _profile_points_here(session):
             return state
     if not session.can_sign_in and not session.refresh_tokens.stored():
-        raise SignInNeeded(sign_in_hint(settings))
+        raise SignInNeeded(sign_in_hint(settings, session.environ))
     with ProfileLock(paths.lock, settings.login_timeout + LOCK_GRACE_SECONDS, settings.profile):
         state = read_session_token(paths)
         if renewal is Renewal.IF_NEEDED and session_is_fresh(state, session.now(), min_validity):

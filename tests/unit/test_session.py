@@ -174,6 +174,28 @@ def test_refused_refresh_token_without_sign_in_leaves_it_alone(fake, tmp_path):
     assert fake.exchanges == [] and browsers.urls == []
 
 
+def test_the_command_to_sign_in_names_a_config_file_and_manager_ini_found_elsewhere(fake,
+                                                                                   tmp_path):
+    """SPEC 8a: the one line says what to run. A plain `woci --profile p session authenticate`
+    in a terminal would read ~/.oci/config and the INIs discovered for it: an OCI config or a
+    manager INI found elsewhere (flag or environment) must be named in that command."""
+    elsewhere = tmp_path / "my dir"
+    m = make_session(fake, tmp_path, interactive=False,
+                     oci_config_file=str(elsewhere / "config"),
+                     manager_config_file=str(tmp_path / "team.ini"))
+    with pytest.raises(woci.SignInNeeded) as info:
+        woci.ensure_session(m)
+    assert (f"`woci --profile p session authenticate --config-file '{elsewhere}/config' "
+            f"--manager-config {tmp_path}/team.ini`") in str(info.value)
+    beside = make_session(fake, tmp_path, interactive=False,
+                          oci_config_file=str(elsewhere / "config"),
+                          manager_config_file=str(elsewhere / woci.MANAGER_INI_NAME))
+    with pytest.raises(woci.SignInNeeded) as info:
+        woci.ensure_session(beside)   # found beside that config: --config-file is enough
+    assert (f"`woci --profile p session authenticate --config-file '{elsewhere}/config'`"
+            in str(info.value))
+
+
 def test_non_interactive_settings_never_open_a_browser(fake, tmp_path):
     """interactive = false with no refresh token: SignInNeeded, no browser."""
     browsers = Browsers(fake)
