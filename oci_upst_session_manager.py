@@ -4389,8 +4389,8 @@ def check_oci(ctx: DoctorContext) -> Check:
     oci = shutil.which("oci", path=ctx.environ.get("PATH") or os.defpath)
     if oci is None:
         return Check(FAIL, "oci: not found on PATH; install the OCI CLI (pip install oci-cli)")
-    secrets_in_env = {spec.env for spec in SETTING_OPTIONS if spec.secret and spec.env}
-    env = {name: value for name, value in ctx.environ.items() if name not in secrets_in_env}
+    env = scrubbed_environment(
+        ctx.environ, ctx.settings.refresh_token_passphrase_env if ctx.settings else None)
     try:
         result = subprocess.run([oci, "--version"], stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, errors="replace",

@@ -264,6 +264,22 @@ def test_doctor_without_oci_on_path_fails_saying_how_to_install(tmp_path):
                                        "(pip install oci-cli)")
 
 
+def test_doctor_runs_oci_version_without_the_secrets_of_the_environment(tmp_path):
+    """SPEC 7: the passphrase variable and WOCI_*_SECRET are removed from oci's environment,
+    `oci --version` of --doctor included."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "oci").write_text("#!/bin/sh\nenv > \"$0.env\"\necho 3.95.1\n")
+    (bin_dir / "oci").chmod(0o755)
+    ctx = context(tmp_path, ["--refresh-token-passphrase-env", "MY_PASS"], None,
+                  {"PATH": f"{bin_dir}:/usr/bin:/bin", "MY_PASS": "pass-value",
+                   "WOCI_CLIENT_SECRET": "env-secret", "KEEP": "k"})
+    assert woci.check_oci(ctx).level == "ok"
+    seen = (bin_dir / "oci.env").read_text()
+    assert "KEEP=k" in seen
+    assert "MY_PASS" not in seen and "WOCI_CLIENT_SECRET" not in seen
+
+
 def test_doctor_refresh_token_checks_never_show_the_token(tmp_path):
     session_folder(tmp_path, refresh=unsigned_jwt({"exp": int(time.time()) - 10}))
     check = woci.check_refresh_token(context(tmp_path))
