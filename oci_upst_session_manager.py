@@ -646,7 +646,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "The OCI config file. Default: env OCI_CLI_CONFIG_FILE, else ~/.oci/config.",
                anywhere=True),
     OptionSpec("--region", "region", "oci", OCI_READ,
-               "Written to the profile only if it has no region yet.", anywhere=True),
+               "Written to the profile only if it has no region yet and the manager INI sets "
+               "no region (the INI's region is always written).", anywhere=True),
     OptionSpec("--auth", "auth", "oci", OCI_READ, "Default: security_token.", anywhere=True),
     OptionSpec("--exec", "exec", "exec", MODES,
                "Run CMD instead of oci, with OCI_CLI_PROFILE, OCI_CLI_CONFIG_FILE and "
