@@ -236,6 +236,10 @@ class RefreshTokenError(WociError):
     exit_code = EXIT_USAGE
 
 
+class WrongPassphrase(RefreshTokenError):
+    """The encrypted refresh token does not open with the passphrase given."""
+
+
 class AuthError(WociError):
     """Sign-in, refresh or the provider failed."""
 
@@ -642,7 +646,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "The OCI config file. Default: env OCI_CLI_CONFIG_FILE, else ~/.oci/config.",
                anywhere=True),
     OptionSpec("--region", "region", "oci", OCI_READ,
-               "Written to the profile only if it has no region yet.", anywhere=True),
+               "Written to the profile only if it has no region yet and the manager INI sets "
+               "no region (the INI's region is always written).", anywhere=True),
     OptionSpec("--auth", "auth", "oci", OCI_READ, "Default: security_token.", anywhere=True),
     OptionSpec("--exec", "exec", "exec", MODES,
                "Run CMD instead of oci, with OCI_CLI_PROFILE, OCI_CLI_CONFIG_FILE and "
@@ -773,6 +778,8 @@ def split_command_line(argv: list[str]) -> CommandLine:
             oci_args.append(arg)
             i += 1
         elif spec.kind == "exec":
+            if mode is not Mode.RUN:
+                raise ConfigError(f"{name} cannot be combined with --{mode.value}")
             rest = argv[i + 1:]
             if rest[:1] == ["--"]:
                 rest = rest[1:]
@@ -1509,8 +1516,8 @@ def decrypt_refresh_token(raw: bytes, passphrase: str, path: str) -> str:
         plain = AESGCM(_derive_key(passphrase, salt, iterations)).decrypt(
             nonce, ciphertext, ENCRYPTION_AAD)
     except (InvalidTag, ValueError) as exc:
-        raise RefreshTokenError(f"cannot decrypt the refresh token {path}: wrong passphrase, "
-                                "or the file was altered") from exc
+        raise WrongPassphrase(f"cannot decrypt the refresh token {path}: wrong passphrase, "
+                              "or the file was altered") from exc
     return plain.decode("utf-8")
 
 
@@ -1618,7 +1625,11 @@ class RefreshTokenStore:
         drop_keyring_item(marker, item, backend)
 
     def load(self) -> str | None:
-        raw = read_file_if_present(self.path)
+        try:
+            raw = read_file_if_present(self.path)
+        except StorageError as exc:
+            # Like an undecryptable one: the user must act, so exit 2 (SPEC 9), not 1.
+            raise RefreshTokenError(str(exc)) from exc
         if raw is None:
             return None
         if is_encrypted_document(raw):
@@ -2123,8 +2134,8 @@ def _fast_settings(cmd: CommandLine, environ: Mapping[str, str], config_file: st
     path, values = None, {}
     for candidate in candidates:
         text = _read_text(candidate)
-        if text is None and explicit:
-            return None
+        if text is None and (explicit or os.path.exists(candidate)):
+            return None   # the full way refuses it, or warns that it cannot read it
         if text is not None:
             sections = ini_sections(text, (COMMON_SECTION, profile))
             if sections is None:
@@ -3275,10 +3286,24 @@ class Session(collections.namedtuple(
         return self.refresh_tokens.passphrase
 
 
-def sign_in_hint(settings: Settings) -> str:
+def sign_in_hint(settings: Settings, environ: Mapping[str, str]) -> str:
+    """The one line of SignInNeeded. The command it names must reach the same files: an OCI
+    config or a manager INI that a plain `woci` in a terminal would not find is named."""
+    import shlex
+
+    default_folder = os.path.join(home_folder(environ), ".oci")
+    config, manager = str(settings.oci_config_file), settings.manager_config_file
+    manager = str(manager) if manager else None
+    where = ""
+    if config != os.path.join(default_folder, "config"):
+        where += f" --config-file {shlex.quote(config)}"
+    if manager and manager not in (os.path.join(os.path.dirname(config), MANAGER_INI_NAME),
+                                   os.path.join(default_folder, MANAGER_INI_NAME)):
+        where += f" --manager-config {shlex.quote(manager)}"
     return (f"a sign-in is needed for OCI profile {settings.profile} and nobody can answer it "
-            f"here; run `woci --profile {settings.profile} session authenticate` in a terminal "
-            "(add --login-flow device where no browser can reach this machine), then try again")
+            f"here; run `woci --profile {settings.profile} session authenticate{where}` in a "
+            "terminal (add --login-flow device where no browser can reach this machine), then "
+            "try again")
 
 
 def _profile_points_here(session: Session) -> bool:
@@ -3299,15 +3324,27 @@ def _point_profile_here(session: Session, token: str | None) -> None:
                        stored_key_fingerprint(session.paths))
 
 
-def _prepare_refresh_token_storage(session: Session) -> None:
+def _prepare_refresh_token_storage(session: Session, refreshing: bool = True) -> None:
     """Obtain the passphrase before any grant: a refresh token is never spent when its
     successor could not be stored. An encrypted token is never silently replaced by a
-    plain one."""
+    plain one, nor by one under a passphrase that does not open it."""
     store = session.refresh_tokens
     encrypted = store.holds_encrypted()
     if store.passphrase.configured:
         # Asked twice unless it opens an existing file: a typo would lock the user out.
         store.passphrase.get(creating=not encrypted)
+        if encrypted and not refreshing:
+            # The refresh would open the file with it; a sign-in must try too, or a mistyped
+            # (so unconfirmed) passphrase would encrypt the new token. A damaged file is
+            # what the sign-in replaces.
+            try:
+                store.load()
+            except WrongPassphrase as exc:
+                raise WrongPassphrase(f"{exc}; nothing was changed (to start over without "
+                                      f"it: woci --profile {session.settings.profile} "
+                                      "--logout)") from exc
+            except RefreshTokenError:
+                pass
     elif encrypted:
         raise RefreshTokenError(
             f"the refresh token {store.path} is encrypted and no passphrase is configured: "
@@ -3360,7 +3397,7 @@ def login_flow_here(session: Session) -> str:
 
 def _sign_in(session: Session, http) -> TokenResponse:
     if not session.can_sign_in:
-        raise SignInNeeded(sign_in_hint(session.settings))
+        raise SignInNeeded(sign_in_hint(session.settings, session.environ))
     settings = session.settings
     flow = login_flow_here(session)
     if flow == "device":
@@ -3429,7 +3466,7 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
         if session_is_fresh(state, session.now(), min_validity) and _profile_points_here(session):
             return state
     if not session.can_sign_in and not session.refresh_tokens.stored():
-        raise SignInNeeded(sign_in_hint(settings))
+        raise SignInNeeded(sign_in_hint(settings, session.environ))
     with ProfileLock(paths.lock, settings.login_timeout + LOCK_GRACE_SECONDS, settings.profile):
         state = read_session_token(paths)
         if renewal is Renewal.IF_NEEDED and session_is_fresh(state, session.now(), min_validity):
@@ -3443,7 +3480,7 @@ def ensure_session(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS
         with open_http() as http:
             session = session._replace(settings=resolve_endpoints(
                 settings, paths.discovery, signing_in=session.can_sign_in, http=http))
-            _prepare_refresh_token_storage(session)
+            _prepare_refresh_token_storage(session, refreshing=renewal is not Renewal.SIGN_IN)
             tokens = None if renewal is Renewal.SIGN_IN else _refresh(session, http)
             if tokens is None:
                 tokens = _sign_in(session, http)
@@ -3556,9 +3593,9 @@ class AutoRefresher:
 
 
 # Failures a renewal child may report, by name; anything else arrives as a plain WociError.
-CHILD_FAILURES = {cls.__name__: cls for cls in (SignInNeeded, RefreshTokenError, ConfigError,
-                                                AuthError, HttpError, ExchangeError,
-                                                StorageError)}
+CHILD_FAILURES = {cls.__name__: cls for cls in (SignInNeeded, RefreshTokenError, WrongPassphrase,
+                                                ConfigError, AuthError, HttpError,
+                                                ExchangeError, StorageError)}
 
 
 def ensure_in_child(session: Session, min_validity: float = EXPIRY_MARGIN_SECONDS,
@@ -4266,6 +4303,11 @@ def check_settings(ctx: DoctorContext) -> list[Check]:
         else:
             shown = mask_secret(item.value) if item.key in SECRET_KEYS else item.value
             checks.append(Check(OK, f"{item.key} = {shown} ({item.source})"))
+            if item.key in SECRET_KEYS and item.source == FLAG_OF_KEY[item.key]:
+                checks.append(Check(WARN, f"{item.key}: {item.source} on the command line is "
+                                          "visible to every user of this machine (ps); put it "
+                                          "in the manager INI (mode 0600) or env "
+                                          f"{OPTIONS_BY_FLAG[item.source].env} instead"))
     if ctx.settings_problem and not any(check.level == FAIL for check in checks):
         checks.append(Check(FAIL, f"settings: {ctx.settings_problem}"))
     return checks
@@ -4348,8 +4390,8 @@ def check_oci(ctx: DoctorContext) -> Check:
     oci = shutil.which("oci", path=ctx.environ.get("PATH") or os.defpath)
     if oci is None:
         return Check(FAIL, "oci: not found on PATH; install the OCI CLI (pip install oci-cli)")
-    secrets_in_env = {spec.env for spec in SETTING_OPTIONS if spec.secret and spec.env}
-    env = {name: value for name, value in ctx.environ.items() if name not in secrets_in_env}
+    env = scrubbed_environment(
+        ctx.environ, ctx.settings.refresh_token_passphrase_env if ctx.settings else None)
     try:
         result = subprocess.run([oci, "--version"], stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, errors="replace",
@@ -4820,7 +4862,13 @@ def run_status_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
 
 
 def run_logout_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
-    """--logout uses only the settings it needs: without them it cannot revoke, and says so."""
+    """--logout uses only the settings it needs: without them it cannot revoke, and says so.
+    A manager INI named by --manager-config or WOCI_MANAGER_CONFIG must be usable, though
+    (exit 2): it was meant, and it may hold the endpoint the revocation needs."""
+    candidates, explicit = manager_config_candidates(cmd, environ,
+                                                     resolve_oci_config_file(cmd, environ))
+    if explicit:
+        load_manager_ini(candidates, explicit)
     try:
         settings = load_settings(cmd, environ, required=())
     except ConfigError as exc:

@@ -217,7 +217,8 @@ def test_renewal_child_hands_back_the_token_it_wrote(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("raised", [woci.SignInNeeded("sign in"), woci.RefreshTokenError("bad"),
-                                    woci.HttpError("down"), woci.WociError("odd", 7)])
+                                    woci.WrongPassphrase("wrong"), woci.HttpError("down"),
+                                    woci.WociError("odd", 7)])
 def test_renewal_child_reports_the_failure_kind_message_and_exit_code(monkeypatch, tmp_path,
                                                                        raised):
     """A failure crosses the pipe whole: the background still tells fatal from transient."""

@@ -265,6 +265,30 @@ def test_logout_with_nothing_stored_needs_no_settings(tmp_path, capsys):
     assert capsys.readouterr() == ("nothing to do: no session is stored for profile p\n", "")
 
 
+@pytest.mark.parametrize("how", ["flag", "env"])
+@pytest.mark.parametrize("content", [None, "[COMMON]\nscope = a\n[COMMON]\nscope = b\n"])
+def test_logout_with_an_explicit_manager_ini_it_cannot_use_is_exit_2_and_changes_nothing(
+        tmp_path, capsys, how, content):
+    """SPEC 3: an explicit manager INI that cannot be read or parsed is exit 2, for --logout
+    too: going on without it would delete the session it names the revocation endpoint for."""
+    home = make_home(tmp_path, token_exp=int(time.time()) + 3600)
+    ini = tmp_path / "explicit.ini"
+    if content is not None:
+        ini.write_text(content)
+    environ = {"HOME": str(home)}
+    argv = ["--profile", "p", "--logout"]
+    if how == "flag":
+        argv += ["--manager-config", str(ini)]
+    else:
+        environ["WOCI_MANAGER_CONFIG"] = str(ini)
+    config_before = (home / ".oci" / "config").read_text()
+    assert woci.main(argv, environ) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and str(ini) in one_line_error(err)
+    assert (home / ".oci" / "sessions" / "p" / "token").exists()
+    assert (home / ".oci" / "config").read_text() == config_before
+
+
 def test_doctor_without_configuration_fails_naming_every_required_key(tmp_path, capsys):
     code = woci.main(["--profile", "p", "--doctor"], {"HOME": str(tmp_path), "PATH": "/none"})
     out, err = capsys.readouterr()

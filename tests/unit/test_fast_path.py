@@ -131,6 +131,26 @@ def test_an_explicit_manager_ini_that_is_missing_goes_the_full_way(home):
                   "os", "ns", "get") is None
 
 
+@pytest.mark.parametrize("unreadable", [b"\xff\xfe[COMMON]\n", None])
+def test_an_unreadable_manager_ini_beside_the_config_goes_the_full_way_which_warns(
+        home, unreadable):
+    """SPEC 3: a discovered manager INI that cannot be read draws a warning. The fast path
+    must not skip it silently for the next candidate, ~/.oci/woci_manager.ini."""
+    folder = home / "elsewhere"
+    folder.mkdir()
+    shutil.copy(home / ".oci" / "config", folder / "config")
+    beside = folder / woci.MANAGER_INI_NAME
+    if unreadable is None:
+        beside.mkdir()   # a folder in its place: open() fails
+    else:
+        beside.write_bytes(unreadable)   # not UTF-8
+    assert answer(home, "--config-file", str(folder / "config"), "--profile", "dev",
+                  "os", "ns", "get") is None
+    beside.rename(folder / "moved-away")   # nothing there: the next candidate, quietly
+    assert answer(home, "--config-file", str(folder / "config"), "--profile", "dev",
+                  "os", "ns", "get").oci_argv is not None
+
+
 @pytest.mark.parametrize("ini_extra, why", [
     ("[dev]\nauto_refresh = maybe\n", "a value build_settings refuses"),
     ("[dev]\nredirect_port = banana\n", "a value build_settings refuses"),

@@ -174,6 +174,28 @@ def test_refused_refresh_token_without_sign_in_leaves_it_alone(fake, tmp_path):
     assert fake.exchanges == [] and browsers.urls == []
 
 
+def test_the_command_to_sign_in_names_a_config_file_and_manager_ini_found_elsewhere(fake,
+                                                                                   tmp_path):
+    """SPEC 8a: the one line says what to run. A plain `woci --profile p session authenticate`
+    in a terminal would read ~/.oci/config and the INIs discovered for it: an OCI config or a
+    manager INI found elsewhere (flag or environment) must be named in that command."""
+    elsewhere = tmp_path / "my dir"
+    m = make_session(fake, tmp_path, interactive=False,
+                     oci_config_file=str(elsewhere / "config"),
+                     manager_config_file=str(tmp_path / "team.ini"))
+    with pytest.raises(woci.SignInNeeded) as info:
+        woci.ensure_session(m)
+    assert (f"`woci --profile p session authenticate --config-file '{elsewhere}/config' "
+            f"--manager-config {tmp_path}/team.ini`") in str(info.value)
+    beside = make_session(fake, tmp_path, interactive=False,
+                          oci_config_file=str(elsewhere / "config"),
+                          manager_config_file=str(elsewhere / woci.MANAGER_INI_NAME))
+    with pytest.raises(woci.SignInNeeded) as info:
+        woci.ensure_session(beside)   # found beside that config: --config-file is enough
+    assert (f"`woci --profile p session authenticate --config-file '{elsewhere}/config'`"
+            in str(info.value))
+
+
 def test_non_interactive_settings_never_open_a_browser(fake, tmp_path):
     """interactive = false with no refresh token: SignInNeeded, no browser."""
     browsers = Browsers(fake)
@@ -338,3 +360,34 @@ def test_encrypted_refresh_token_is_rotated_encrypted(fake, tmp_path):
     assert raw.startswith(b"{")
     rotated = woci.decrypt_refresh_token(raw, "pass", m.paths.refresh_token)
     assert rotated != "rt-0" and rotated in fake.valid_refresh_tokens
+
+
+def test_sign_in_over_an_encrypted_token_checks_the_passphrase_before_the_browser(fake, tmp_path):
+    """SPEC 7: a wrong passphrase is exit 2 and changes no file, for `session authenticate`
+    too: it opens no browser and does not re-encrypt the token with what was given (asked
+    once, unconfirmed, since it was meant to open the existing file)."""
+    browsers = Browsers(fake)
+    m = make_session(fake, tmp_path, environ={"PW": "typo"}, refresh_token_passphrase_env="PW",
+                     browser=browsers)
+    seed_expired_session(m, fake)
+    Path(m.paths.refresh_token).write_bytes(woci.encrypt_refresh_token("rt-0", "pass", 200_000))
+    before = Path(m.paths.refresh_token).read_bytes()
+    with pytest.raises(woci.RefreshTokenError, match="wrong passphrase") as info:
+        woci.ensure_session(m, renewal=woci.Renewal.SIGN_IN)
+    assert info.value.exit_code == 2
+    assert browsers.urls == [] and fake.requests == []
+    assert Path(m.paths.refresh_token).read_bytes() == before
+
+
+def test_sign_in_replaces_a_damaged_encrypted_token(fake, tmp_path):
+    """`session authenticate` is what the "damaged" message advises: it still replaces a
+    file that is no longer an encrypted token, with one that opens with the passphrase."""
+    browsers = Browsers(fake)
+    m = make_session(fake, tmp_path, environ={"PW": "pass"}, refresh_token_passphrase_env="PW",
+                     browser=browsers)
+    Path(m.paths.refresh_token).write_bytes(
+        woci.encrypt_refresh_token("rt-0", "pass", 200_000)[:40])
+    woci.ensure_session(m, renewal=woci.Renewal.SIGN_IN)
+    assert len(browsers.urls) == 1
+    raw = Path(m.paths.refresh_token).read_bytes()
+    assert woci.decrypt_refresh_token(raw, "pass", m.paths.refresh_token) in fake.valid_refresh_tokens

@@ -116,6 +116,9 @@ def test_exec_takes_the_rest_as_the_command():
     (["--auto-refresh=yes"], "--auto-refresh takes no value"),
     (["--daemon=1"], "--daemon takes no value"),
     (["--daemon", "--stop-daemon"], "--stop-daemon cannot be combined with --daemon"),
+    # --exec is a mode too: it must not silently drop the one chosen before it
+    (["--status", "--exec", "--", "sh"], "--exec cannot be combined with --status"),
+    (["--daemon", "--exec", "sh"], "--exec cannot be combined with --daemon"),
 ])
 def test_bad_command_lines_are_usage_errors(argv, fragment):
     """Missing values, values on flags and two modes are one-line usage errors (exit 2)."""

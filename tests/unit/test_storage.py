@@ -427,6 +427,25 @@ def test_damaged_plain_refresh_token_is_an_error(tmp_path, content):
         store(tmp_path).load()
 
 
+def test_unreadable_refresh_token_is_exit_2(tmp_path, monkeypatch):
+    """SPEC 9: a refresh token that cannot be read is exit 2, like an undecryptable one, not
+    the runtime failure (exit 1) of a file that cannot be written."""
+    (tmp_path / "refresh_token").mkdir()
+    with pytest.raises(woci.RefreshTokenError, match="is a folder") as info:
+        store(tmp_path).load()
+    assert info.value.exit_code == 2
+    (tmp_path / "refresh_token").rmdir()
+    (tmp_path / "refresh_token").write_bytes(b"rt-1")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr("builtins.open", refuse)
+    with pytest.raises(woci.RefreshTokenError, match="Permission denied") as info:
+        store(tmp_path).load()
+    assert info.value.exit_code == 2
+
+
 def test_saving_over_an_encrypted_file_does_not_ask_for_confirmation(tmp_path):
     """A rotated token re-encrypted with the known passphrase: one prompt, no repetition."""
     write_encrypted(tmp_path, "rt-old", "pw", iterations=200_000)

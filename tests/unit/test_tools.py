@@ -204,6 +204,20 @@ def test_doctor_masks_secrets_and_names_their_sources(tmp_path):
     assert not any("secret-value" in line for line in lines)
 
 
+def test_doctor_warns_about_a_secret_given_as_a_flag(tmp_path):
+    """SPEC 2: a secret flag is visible to every local user (ps), and woci says so, naming
+    the option; --doctor says it in its report, as a warn line."""
+    ctx = context(tmp_path, ["--client-secret", "flag-secret-value"],
+                  "[COMMON]\nauth_client_secret = ini-secret-value-long\n")
+    checks = woci.check_settings(ctx)
+    warned = [check.message for check in checks if check.level == woci.WARN]
+    assert len(warned) == 1 and "--client-secret" in warned[0] and "ps" in warned[0]
+    assert "WOCI_CLIENT_SECRET" in warned[0]
+    assert not any("secret-value" in check.message for check in checks)
+    assert not any(check.level == woci.WARN for check in woci.check_settings(
+        context(tmp_path, [], None, {"WOCI_CLIENT_SECRET": "env-secret-value-long"})))
+
+
 def test_doctor_report_starts_every_line_with_its_level():
     report = woci.doctor_report([woci.Check("ok", "a"), woci.Check("warn", "b"),
                                  woci.Check("FAIL", "c")])
@@ -248,6 +262,22 @@ def test_doctor_without_oci_on_path_fails_saying_how_to_install(tmp_path):
     check = woci.check_oci(context(tmp_path))
     assert check == woci.Check("FAIL", "oci: not found on PATH; install the OCI CLI "
                                        "(pip install oci-cli)")
+
+
+def test_doctor_runs_oci_version_without_the_secrets_of_the_environment(tmp_path):
+    """SPEC 7: the passphrase variable and WOCI_*_SECRET are removed from oci's environment,
+    `oci --version` of --doctor included."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "oci").write_text("#!/bin/sh\nenv > \"$0.env\"\necho 3.95.1\n")
+    (bin_dir / "oci").chmod(0o755)
+    ctx = context(tmp_path, ["--refresh-token-passphrase-env", "MY_PASS"], None,
+                  {"PATH": f"{bin_dir}:/usr/bin:/bin", "MY_PASS": "pass-value",
+                   "WOCI_CLIENT_SECRET": "env-secret", "KEEP": "k"})
+    assert woci.check_oci(ctx).level == "ok"
+    seen = (bin_dir / "oci.env").read_text()
+    assert "KEEP=k" in seen
+    assert "MY_PASS" not in seen and "WOCI_CLIENT_SECRET" not in seen
 
 
 def test_doctor_refresh_token_checks_never_show_the_token(tmp_path):
