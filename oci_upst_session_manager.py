@@ -2743,6 +2743,12 @@ def open_callback_server(port: int, path: str, state: str):
             self.answered.set()
             return True
 
+        def handle_error(self, request, client_address) -> None:
+            # socketserver prints a traceback on stderr; any local process can cause one
+            # (connect, send, reset), and the result of the sign-in is already kept.
+            log().debug("a connection to the sign-in callback failed: %s",
+                        one_line(sys.exc_info()[1] or Exception()))
+
     class CallbackHandler(http.server.BaseHTTPRequestHandler):
         server: CallbackServer
         # Browsers open idle preconnect sockets: their threads should not linger.

@@ -2,6 +2,7 @@
 browser sign-in, against real local HTTP servers."""
 
 import socket
+import struct
 import threading
 import time
 import urllib.error
@@ -379,6 +380,33 @@ def test_idle_connection_does_not_block_the_callback(callback):
     assert not stalled, "wait_for_callback stayed blocked on an idle connection past its deadline"
     assert outcome["result"] == ("c-3", None)
     assert outcome["page"][0] == 200
+
+
+def reset_after_sending(address, request: bytes) -> None:
+    """A client that sends a request and resets the connection before the answer."""
+    client = socket.create_connection(address)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.sendall(request)
+    client.close()
+
+
+def test_clients_that_reset_their_connection_print_no_traceback(callback, capsys):
+    """Any local process may connect and go away mid-answer: no traceback reaches the user's
+    terminal, and the real answer is still taken."""
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(
+        got=woci.wait_for_callback(callback, 10)), daemon=True)
+    waiter.start()
+    for _ in range(5):
+        reset_after_sending(callback.server_address,
+                            b"GET /callback?code=forged&state=forged HTTP/1.1\r\n\r\n")
+        reset_after_sending(callback.server_address, b"GET /favicon.ico HTTP/1.1\r\n\r\n")
+    time.sleep(0.3)   # the handler threads of the resets have written what they write
+    status, _ = get(callback.base + "/callback?code=c-4&state=st8")
+    waiter.join(timeout=10)
+    assert status == 200 and result["got"] == ("c-4", None)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err
 
 
 def test_callback_port_in_use_is_an_auth_error():
