@@ -169,6 +169,11 @@ UPST_MAX_LIFETIME_SECONDS = 24 * 3600
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 UPST_TOKEN_TYPE = "urn:oci:token-type:oci-upst"
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+# Form fields that carry a secret: a server that quotes its request back in an error must
+# not make woci print them. Shorter values are not searched for (they would mangle words).
+SECRET_FORM_FIELDS = frozenset({"code", "code_verifier", "refresh_token", "subject_token",
+                                "device_code", "token", "client_secret"})
+REDACTION_MIN_CHARS = 4
 
 # RFC 8628: poll every `interval` seconds (5 when the provider names none), 5 more after each
 # slow_down.
@@ -469,6 +474,15 @@ def mask_secret(value: str) -> str:
     if len(value) < 12:
         return f"*** ({len(value)} characters)"
     return f"{value[:2]}*** ({len(value)} characters)"
+
+
+def redacted(text: str, secrets: list[str]) -> str:
+    """text with every secret in it replaced by ***, the longest first (a secret holding
+    another leaves nothing of either)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= REDACTION_MIN_CHARS:
+            text = text.replace(secret, "***")
+    return text
 
 
 def one_line(exc: BaseException) -> str:
@@ -2338,6 +2352,19 @@ def _parse_oauth_answer(response, url: str, what: str, skew: float | None,
     return document
 
 
+def _sent_secrets(form: Mapping[str, str] | None, basic: tuple[str, str] | None) -> list[str]:
+    """What a request carried that its answer must not quote to the user: the form's secret
+    fields and the Basic password, as sent and URL-encoded, and the Basic credentials."""
+    import urllib.parse
+
+    values = [value for name, value in (form or {}).items() if name in SECRET_FORM_FIELDS]
+    if basic:
+        values.append(basic[1])
+        values.append(base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode("ascii"))
+    return [variant for value in values
+            for variant in (value, urllib.parse.quote_plus(value), urllib.parse.quote(value))]
+
+
 def open_http():
     """One HTTP client for a renewal's calls: a grant and an exchange at one host (an OCI
     identity domain is both) then share a connection, and one TLS handshake."""
@@ -2362,6 +2389,7 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
     tls = {"verify": ca_bundle} if ca_bundle else {}
     last_problem = ""
     skew: float | None = None
+    secrets = _sent_secrets(form, basic)
     try:
         for attempt in range(HTTP_ATTEMPTS):
             if attempt:
@@ -2375,7 +2403,7 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                 raise HttpError(f"TLS failure talking to the {what} at {url}: "
                                 f"{_short_cause(exc)}") from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                last_problem = _short_cause(exc)
+                last_problem = redacted(_short_cause(exc), secrets)
                 retry_after = None
             except requests.exceptions.RequestException as exc:
                 raise HttpError(f"cannot call the {what} at {url}: {_short_cause(exc)}") from exc
@@ -2391,6 +2419,10 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                 # it may reach a server that works.
                 http.close()
                 sleep(retry_delay(attempt, retry_after, jitter))
+    except WociError as exc:
+        # A server may quote the request in its answer: its body, its Authorization header.
+        exc.args = (redacted(str(exc), secrets), *exc.args[1:])
+        raise
     finally:
         if own_client:
             http.close()

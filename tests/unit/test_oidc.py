@@ -1,6 +1,7 @@
 """Section 5: the form POST (auth, retries, errors), the grants, the callback server and the
 browser sign-in, against real local HTTP servers."""
 
+import base64
 import socket
 import struct
 import threading
@@ -162,6 +163,34 @@ def test_oauth_error_json_is_an_oauth_error():
     assert info.value.error == "invalid_scope" and info.value.status == 400
     assert "refused the request: invalid_scope: scope x unknown" in str(info.value)
     assert len(server.requests) == 1
+
+
+def echoing(status):
+    """A server that quotes, in its error_description, the body and the Authorization header
+    it received (some do, in debug modes and in error pages behind gateways)."""
+    def respond(request):
+        quoted = f"got {request.body.decode()} with {request.headers.get('authorization')}"
+        return json_answer(status, {"error": "invalid_request", "error_description": quoted})
+    return respond
+
+
+SECRET_FIELDS = {"refresh_token": "rt+secret/value=1", "code_verifier": "verifier-secret-2",
+                 "subject_token": "access-token-secret-3", "code": "code-secret-4",
+                 "device_code": "device-code-secret-5", "token": "revoked-secret-6"}
+
+
+@pytest.mark.parametrize("status", [400, 200])
+def test_secrets_a_server_echoes_are_not_repeated_in_the_error(status):
+    """The form's tokens and the Basic password, as sent or URL-encoded, and the Basic header
+    itself never reach the message, whatever the server quotes back."""
+    form = {"grant_type": "refresh_token", "client_id": "idp-client", **SECRET_FIELDS}
+    with LocalServer(echoing(status)) as server, pytest.raises(woci.OAuthError) as info:
+        post(server, form, basic=("idp-client", "client-secret+7"))
+    message = str(info.value)
+    assert "grant_type=refresh_token" in message   # what is not secret is still quoted
+    basic = base64.b64encode(b"idp-client:client-secret+7").decode()
+    for secret in [*SECRET_FIELDS.values(), "client-secret+7", basic]:
+        assert secret not in message and urllib.parse.quote_plus(secret) not in message
 
 
 def test_error_object_with_status_200_is_still_an_error():
