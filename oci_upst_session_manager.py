@@ -2512,6 +2512,12 @@ def discovery_url(issuer: str) -> str:
     return issuer.rstrip("/") + DISCOVERY_PATH
 
 
+def endpoint_fits_issuer(endpoint: str, issuer: str) -> bool:
+    """An https issuer's endpoints are https too: an http:// one would carry its secrets (and
+    in the browser the user's password) in clear text."""
+    return not issuer.lower().startswith("https://") or endpoint.lower().startswith("https://")
+
+
 def discovery_endpoints(document: object, issuer: str, url: str) -> dict[str, str]:
     """The endpoints a discovery document names; DiscoveryError unless it is the issuer's own
     (section 4.3: its issuer must be exactly the one configured)."""
@@ -2530,6 +2536,11 @@ def discovery_endpoints(document: object, issuer: str, url: str) -> dict[str, st
         if not isinstance(value, str) or not is_http_url(value):
             raise DiscoveryError(f"the discovery document at {url} names an unusable {name} "
                                  f"({shown(value)}): not an http(s) URL")
+        if not endpoint_fits_issuer(value, issuer):
+            raise DiscoveryError(f"the discovery document at {url} names a {name} that is "
+                                 f"not https ({shown(value)}) for an https issuer, so "
+                                 "woci does not use it; if that is really meant, set the "
+                                 "endpoints in the manager INI instead of issuer")
         endpoints[name] = value
     return endpoints
 
@@ -2554,7 +2565,8 @@ def read_discovery_cache(path: str, issuer: str, now: float) -> CachedDiscovery 
     if (not isinstance(fetched, (int, float)) or isinstance(fetched, bool)
             or not isinstance(endpoints, dict) or fetched != fetched):
         return None
-    if not all(isinstance(value, str) and is_http_url(value) for value in endpoints.values()):
+    if not all(isinstance(value, str) and is_http_url(value)
+               and endpoint_fits_issuer(value, issuer) for value in endpoints.values()):
         return None
     age = now - fetched
     if age < -CLOCK_SKEW_TOLERANCE_SECONDS:

@@ -102,6 +102,33 @@ def test_unusable_documents_are_discovery_errors(document, fragment):
         woci.discovery_endpoints(document, "https://i", "https://i/.well-known/x")
 
 
+@pytest.mark.parametrize("name", ["authorization_endpoint", "token_endpoint",
+                                  "device_authorization_endpoint", "revocation_endpoint"])
+def test_an_https_issuer_cannot_send_woci_to_a_plain_http_endpoint(name):
+    """A document read over https that names an http:// endpoint would have woci send a
+    refresh token or client secret (or the user's password, in the browser) in clear text."""
+    with pytest.raises(woci.DiscoveryError) as info:
+        woci.discovery_endpoints({"issuer": "https://i", name: "http://i/x"}, "https://i",
+                                 "https://i/.well-known/x")
+    assert name in str(info.value) and "not https" in str(info.value)
+
+
+def test_an_http_issuer_may_name_http_endpoints():
+    """An issuer configured as http:// (a local test provider) keeps its http:// endpoints."""
+    endpoints = woci.discovery_endpoints({"issuer": "http://127.0.0.1:9",
+                                          "token_endpoint": "http://127.0.0.1:9/t"},
+                                         "http://127.0.0.1:9", "u")
+    assert endpoints == {"token_endpoint": "http://127.0.0.1:9/t"}
+
+
+def test_a_copy_naming_plain_http_endpoints_for_an_https_issuer_is_not_used(tmp_path):
+    """The copy follows the document's rule: one that breaks it is fetched again."""
+    path = tmp_path / "discovery.json"
+    path.write_text(json.dumps({"issuer": "https://i", "fetched_at": time.time(),
+                                "endpoints": {"token_endpoint": "http://i/t"}}))
+    assert woci.read_discovery_cache(str(path), "https://i", time.time()) is None
+
+
 def test_endpoints_the_document_lacks_are_simply_absent():
     endpoints = woci.discovery_endpoints({"issuer": "https://i", "token_endpoint": "https://i/t"},
                                          "https://i", "u")
