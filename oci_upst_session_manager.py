@@ -181,6 +181,8 @@ DEVICE_DEFAULT_INTERVAL_SECONDS = 5
 DEVICE_SLOW_DOWN_SECONDS = 5
 # A longer interval asked for would leave no poll within login_timeout; slow_down still works.
 DEVICE_MAX_INTERVAL_SECONDS = 60
+# A shorter one would hammer the token endpoint with the device code.
+DEVICE_MIN_INTERVAL_SECONDS = 1
 # A pasted sign-in answer is one line: the address the browser was sent to, or the code.
 PASTED_LINE_MAX_BYTES = 16 * 1024
 
@@ -3106,8 +3108,9 @@ def parse_device_authorization(document: dict, url: str, default_expiry: float
     return DeviceAuthorization(device_code, user_code, uri, complete,  # type: ignore[arg-type]
                                _seconds_or(document.get("expires_in"), default_expiry),
                                min(DEVICE_MAX_INTERVAL_SECONDS,
-                                   _seconds_or(document.get("interval"),
-                                               DEVICE_DEFAULT_INTERVAL_SECONDS)))
+                                   max(DEVICE_MIN_INTERVAL_SECONDS,
+                                       _seconds_or(document.get("interval"),
+                                                   DEVICE_DEFAULT_INTERVAL_SECONDS))))
 
 
 def _device_grant_hint(settings: Settings, exc: OAuthError) -> str:
