@@ -1302,6 +1302,20 @@ def remove_if_present(path: str) -> bool:
     return True
 
 
+def make_private(path: str, what: str) -> None:
+    """A file of woci's that other users could open becomes 0600, with a warning: they may
+    have read it already. A symlink is left alone: its target is not woci's."""
+    if os.path.islink(path) or not open_to_others(path):
+        return
+    try:
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        log().warning("%s %s is open to other users and cannot be made private (%s); run: "
+                      "chmod 600 %s", what, path, describe_os_error(exc), path)
+        return
+    log().warning("%s %s was open to other users; it is 0600 now", what, path)
+
+
 class FileLock:
     """An exclusive flock on a lock file (never the data file), bounded wait.
 
@@ -3213,6 +3227,7 @@ def load_private_key(path: str):
     if not isinstance(key, rsa.RSAPrivateKey):
         log().warning("the session key %s is not an RSA key; making a new one", path)
         return None
+    make_private(path, "the session key")   # renewals keep it: it must be private from now on
     return key
 
 
