@@ -3873,6 +3873,10 @@ def _redirect_stdio(log_path: str) -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(log, 0o600)   # one left open to others (by hand, or before umask 077)
+    except OSError:
+        pass   # not ours to change
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
