@@ -2793,6 +2793,15 @@ def open_callback_server(port: int, path: str, state: str):
             super().__init__(*args)
             self.answered = threading.Event()
             self.taking = threading.Lock()
+            self.forgeries_reported = threading.Event()
+
+        def report_forgery(self) -> None:
+            """Warn of the first request without the right state only: any local process can
+            send them, and a line for each would scroll the sign-in URL out of sight."""
+            if not self.forgeries_reported.is_set():
+                self.forgeries_reported.set()
+                log().warning("ignored a request to the sign-in callback that did not come "
+                              "from this sign-in (wrong or missing state)")
 
         def take(self, result: CallbackResult) -> bool:
             """Keep the first result; two answers racing in two threads cannot both win."""
@@ -2823,8 +2832,7 @@ def open_callback_server(port: int, path: str, state: str):
             result = evaluate_callback(urllib.parse.parse_qs(parts.query),
                                        self.server.expected_state)
             if result is None or not self.server.take(result):
-                log().warning("ignored a request to the sign-in callback that did not come from "
-                            "this sign-in (wrong or missing state)")
+                self.server.report_forgery()
                 self._answer(400, callback_page("Not woci's sign-in", WRONG_STATE))
             elif result.code:
                 self._answer(200, callback_page("Signed in", "woci has what it needs. You can "

@@ -2,6 +2,7 @@
 browser sign-in, against real local HTTP servers."""
 
 import base64
+import logging
 import socket
 import struct
 import threading
@@ -352,6 +353,16 @@ def test_callback_wrong_or_missing_state_is_ignored(callback):
     assert result == ("c-1", None)
     assert [status for status, _ in pages] == [400, 400, 200]
     assert "did not come from woci" in pages[0][1]
+
+
+def test_a_flood_of_forged_callbacks_draws_one_warning(callback, caplog):
+    """Any local process can send the callback requests without the state: the user hears of
+    it once, not once a request (a flood would scroll the sign-in URL out of sight)."""
+    forged = [f"/callback?code=forged&state=forged-{n}" for n in range(20)]
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        result, pages = visit_and_wait(callback, *forged, "/callback?code=c-1&state=st8")
+    assert result == ("c-1", None) and [status for status, _ in pages] == [400] * 20 + [200]
+    assert len([r for r in caplog.records if "did not come from" in r.getMessage()]) == 1
 
 
 def test_callback_missing_code(callback):
