@@ -3443,6 +3443,8 @@ def _refresh(session: Session, http) -> TokenResponse | None:
     if presented is None:
         log().info("no refresh token stored for profile %s", session.settings.profile)
         return None
+    # A provider that does not rotate never replaces the file: it must be private now.
+    make_private(session.paths.refresh_token, "the refresh token")
     tokens = _refresh_grant_or_none(session.settings, presented, http)
     if tokens is None:
         again = store.load()
