@@ -2634,6 +2634,41 @@ def endpoints_needed(settings: Settings, signing_in: bool) -> tuple[str, ...]:
             else "authz_base_url")
 
 
+# The endpoints a renewal or a sign-in sends secrets to (or, in the browser, the password).
+SECRET_BEARING_ENDPOINTS = ("authz_base_url", "token_url", "token_exchange_url",
+                            "device_authorization_url")
+
+
+def in_clear_text_to_another_machine(url: str) -> bool:
+    """http:// to a host that is not this machine: what is sent there crosses a network."""
+    import ipaddress
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def warn_of_clear_text_endpoints(settings: Settings) -> None:
+    """One warning per plain-http endpoint on another machine (token_exchange_url defaults
+    to token_url: one line for both)."""
+    warned = set()
+    for field in SECRET_BEARING_ENDPOINTS:
+        url = getattr(settings, field)
+        if url and url not in warned and in_clear_text_to_another_machine(url):
+            warned.add(url)
+            log().warning("%s %s is plain http to another machine: what woci (or you, in the "
+                          "browser) sends there crosses the network in clear text; use its "
+                          "https URL", field, url)
+
+
 def resolve_endpoints(settings: Settings, discovery_cache: str, signing_in: bool = True,
                       **seams) -> Settings:
     """The settings with every endpoint a renewal needs: explicit ones as they are, the others
@@ -2653,6 +2688,7 @@ def resolve_endpoints(settings: Settings, discovery_cache: str, signing_in: bool
                                   f"names no {name}{why}; set {field} in the manager INI")
     if not settings.token_exchange_url:
         settings = settings._replace(token_exchange_url=settings.token_url)
+    warn_of_clear_text_endpoints(settings)
     return settings
 
 

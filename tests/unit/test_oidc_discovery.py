@@ -2,6 +2,7 @@
 a failing fetch) and the endpoints it gives the settings, against local HTTP servers."""
 
 import json
+import logging
 import os
 import stat
 import time
@@ -244,6 +245,33 @@ def test_a_copy_that_cannot_be_written_is_a_warning(tmp_path, caplog):
 
 
 # --- resolve_endpoints -------------------------------------------------------------------------
+
+
+def test_plain_http_to_another_machine_draws_a_warning_naming_each_endpoint(tmp_path, caplog):
+    """http:// to another host would carry the refresh token, the client secrets and the
+    access token (and the user's password, in the browser) in clear text: each such endpoint
+    is named in a warning. This machine (127.0.0.1, ::1, localhost) and https draw none."""
+    settings = make_settings(authz_base_url="http://idp.example/authorize",
+                             token_url="http://10.0.0.7:8080/token",
+                             token_exchange_url="https://idp.example/exchange",
+                             device_authorization_url="http://localhost:9/device")
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.resolve_endpoints(settings, tmp_path / woci.DISCOVERY_FILE)
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2 and all("clear text" in line for line in lines)
+    assert "http://idp.example/authorize" in lines[0] and "authz_base_url" in lines[0]
+    assert "http://10.0.0.7:8080/token" in lines[1] and "token_url" in lines[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.resolve_endpoints(make_settings(token_url="http://idp.example/token",
+                                             token_exchange_url=None),
+                               tmp_path / woci.DISCOVERY_FILE)
+    assert len(caplog.records) == 1   # the exchange at the same URL: no second line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.resolve_endpoints(make_settings(token_url="http://[::1]:9/token"),
+                               tmp_path / woci.DISCOVERY_FILE)
+    assert caplog.records == []
 
 
 def test_discovered_endpoints_fill_the_settings_and_explicit_ones_win(tmp_path):
