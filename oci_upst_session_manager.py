@@ -1596,13 +1596,15 @@ def open_keyring() -> tuple[object | None, str]:
     return backend, name
 
 
-def keyring_call(what: str, call: Callable[[], object]) -> object:
-    """One keyring operation; whatever the backend raises becomes one StorageError line."""
+def keyring_call(what: str, call: Callable[[], object], secret: str | None = None) -> object:
+    """One keyring operation; whatever the backend raises becomes one StorageError line,
+    without the secret being stored (a backend running a tool quotes its command line)."""
     try:
         return call()
     except Exception as exc:  # D-Bus, a locked collection, a file backend's OSError...
+        said = redacted(one_line(exc), [secret] if secret else [])
         raise StorageError(f"cannot {what} the OS keyring: {type(exc).__name__}: "
-                           f"{one_line(exc)[:200]}") from exc
+                           f"{said[:200]}") from exc
 
 
 def drop_keyring_item(marker: str, fallback: KeyringItem, backend) -> None:
@@ -1772,7 +1774,8 @@ class KeyringRefreshTokenStore:
             return
         try:
             keyring_call("write to", lambda: backend.set_password(self.item.service,
-                                                                  self.item.username, token))
+                                                                  self.item.username, token),
+                         secret=token)
         except StorageError as exc:
             # The token may be a just-rotated one: it must be kept somewhere.
             log().warning("%s; keeping the refresh token in %s", exc, self.file_store.path)
