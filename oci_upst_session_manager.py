@@ -3074,17 +3074,21 @@ def parse_pasted_answer(text: str, expected_state: str) -> CallbackResult:
     the callback checks it), or the bare authorization code."""
     import urllib.parse
 
+    nonsense = CallbackResult(None, "what was pasted is neither the address the browser was "
+                                    "sent to nor an authorization code; run woci again")
     text = text.strip().strip("\"'<>").strip()
     if "://" in text or text.startswith("/"):
-        parts = urllib.parse.urlsplit(text)
+        try:
+            parts = urllib.parse.urlsplit(text)
+        except ValueError:   # "http://[::1/..." and other addresses no browser was sent to
+            return nonsense
         query = parts.query or parts.fragment
     elif text.startswith("?") or "=" in text:
         query = text.lstrip("?")
     else:
         code = urllib.parse.unquote(text)
         if not code or not code.isprintable() or any(ch.isspace() for ch in code):
-            return CallbackResult(None, "what was pasted is neither the address the browser "
-                                        "was sent to nor an authorization code; run woci again")
+            return nonsense
         return CallbackResult(code, None)
     result = evaluate_callback(urllib.parse.parse_qs(query, keep_blank_values=True),
                                expected_state)

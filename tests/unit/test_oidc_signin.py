@@ -255,7 +255,9 @@ def test_pasted_error_from_the_provider_is_its_error():
 
 
 @pytest.mark.parametrize("text", ["two words", "bell\x07", "http://127.0.0.1:8181/callback"
-                                  "?state=the-state"])
+                                  "?state=the-state",
+                                  "http://[::1/callback?code=c-1&state=the-state",
+                                  "http://[nope]:8181/callback?code=c-1&state=the-state"])
 def test_pasted_nonsense_is_refused(text):
     result = woci.parse_pasted_answer(text, STATE)
     assert result.code is None and result.error
