@@ -2426,6 +2426,12 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                 retry_after = None
             except requests.exceptions.RequestException as exc:
                 raise HttpError(f"cannot call the {what} at {url}: {_short_cause(exc)}") from exc
+            except UnicodeEncodeError:
+                # requests encodes Basic credentials as Latin-1; its error would name the
+                # character and its place in the secret.
+                raise ConfigError(f"the client id or secret for the {what} at {url} holds a "
+                                  "character HTTP Basic cannot carry (only Latin-1 ones); "
+                                  "check the secret") from None
             else:
                 skew = clock_skew_seconds(response.headers.get("Date"), now())
                 log().debug("%s answered HTTP %s", what, response.status_code)

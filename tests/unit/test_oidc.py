@@ -194,6 +194,19 @@ def test_secrets_a_server_echoes_are_not_repeated_in_the_error(status):
         assert secret not in message and urllib.parse.quote_plus(secret) not in message
 
 
+def test_a_client_secret_http_basic_cannot_carry_is_a_configuration_error():
+    """requests encodes Basic credentials as Latin-1: a secret with a character outside it
+    raised UnicodeEncodeError (a traceback, naming the character and its place in the
+    secret). It is one line naming the problem, exit 2, nothing sent, no part of it shown."""
+    with LocalServer([OK]) as server, pytest.raises(woci.ConfigError) as info:
+        post(server, basic=("idp-client", "p\u00e4ss-\u20ac-xyzzy"))
+    message = str(info.value)
+    assert "Latin-1" in message and "token endpoint" in message
+    assert "\u20ac" not in message and "xyzzy" not in message and "position" not in message
+    assert info.value.exit_code == 2 and info.value.__cause__ is None
+    assert server.requests == []
+
+
 def test_error_object_with_status_200_is_still_an_error():
     """A 200 whose JSON holds `error` is an OAuthError."""
     with LocalServer([json_answer(200, {"error": "access_denied"})]) as server, \
