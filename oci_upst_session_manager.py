@@ -2684,6 +2684,10 @@ def resolve_endpoints(settings: Settings, discovery_cache: str, signing_in: bool
     from discovery, read only when issuer is set and one of them is missing."""
     needed = endpoints_needed(settings, signing_in)
     if settings.issuer and not all(getattr(settings, field) for field in needed):
+        if in_clear_text_to_another_machine(settings.issuer):
+            log().warning("issuer %s is plain http to another machine: anyone on the network "
+                          "can change the endpoints its discovery document names; use its "
+                          "https URL", settings.issuer)
         endpoints = discover(settings, discovery_cache, **seams)
         fields = set(Settings._fields)
         settings = settings._replace(**{

@@ -274,6 +274,27 @@ def test_plain_http_to_another_machine_draws_a_warning_naming_each_endpoint(tmp_
     assert caplog.records == []
 
 
+def test_a_plain_http_issuer_on_another_machine_draws_a_warning(tmp_path, caplog):
+    """Its discovery document says where every secret goes: read over plain http from
+    another machine, anyone on the way can point the endpoints elsewhere (even at https
+    ones, which draw no warning of their own)."""
+    copy = tmp_path / woci.DISCOVERY_FILE
+    copy.write_text(json.dumps({"issuer": "http://idp.example", "fetched_at": time.time(),
+                                "endpoints": {"authorization_endpoint": "https://a.example/a",
+                                              "token_endpoint": "https://a.example/t"}}))
+    settings = make_settings(issuer="http://idp.example", authz_base_url=None, token_url=None,
+                             token_exchange_url=None)
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        assert woci.resolve_endpoints(settings, copy).token_url == "https://a.example/t"
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert "issuer http://idp.example" in line and "discovery document" in line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="woci"):   # discovery not needed: no word
+        woci.resolve_endpoints(settings._replace(authz_base_url="https://a.example/a",
+                                                 token_url="https://a.example/t"), copy)
+    assert caplog.records == []
+
+
 def test_discovered_endpoints_fill_the_settings_and_explicit_ones_win(tmp_path):
     with LocalServer([Answer()]) as server:
         server.respond = [json_answer(200, document_for(server))]
