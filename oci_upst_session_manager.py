@@ -169,6 +169,11 @@ UPST_MAX_LIFETIME_SECONDS = 24 * 3600
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 UPST_TOKEN_TYPE = "urn:oci:token-type:oci-upst"
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+# Form fields that carry a secret: a server that quotes its request back in an error must
+# not make woci print them. Shorter values are not searched for (they would mangle words).
+SECRET_FORM_FIELDS = frozenset({"code", "code_verifier", "refresh_token", "subject_token",
+                                "device_code", "token", "client_secret"})
+REDACTION_MIN_CHARS = 4
 
 # RFC 8628: poll every `interval` seconds (5 when the provider names none), 5 more after each
 # slow_down.
@@ -176,6 +181,8 @@ DEVICE_DEFAULT_INTERVAL_SECONDS = 5
 DEVICE_SLOW_DOWN_SECONDS = 5
 # A longer interval asked for would leave no poll within login_timeout; slow_down still works.
 DEVICE_MAX_INTERVAL_SECONDS = 60
+# A shorter one would hammer the token endpoint with the device code.
+DEVICE_MIN_INTERVAL_SECONDS = 1
 # A pasted sign-in answer is one line: the address the browser was sent to, or the code.
 PASTED_LINE_MAX_BYTES = 16 * 1024
 
@@ -469,6 +476,15 @@ def mask_secret(value: str) -> str:
     if len(value) < 12:
         return f"*** ({len(value)} characters)"
     return f"{value[:2]}*** ({len(value)} characters)"
+
+
+def redacted(text: str, secrets: list[str]) -> str:
+    """text with every secret in it replaced by ***, the longest first (a secret holding
+    another leaves nothing of either)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= REDACTION_MIN_CHARS:
+            text = text.replace(secret, "***")
+    return text
 
 
 def one_line(exc: BaseException) -> str:
@@ -1286,6 +1302,20 @@ def remove_if_present(path: str) -> bool:
     return True
 
 
+def make_private(path: str, what: str) -> None:
+    """A file of woci's that other users could open becomes 0600, with a warning: they may
+    have read it already. A symlink is left alone: its target is not woci's."""
+    if os.path.islink(path) or not open_to_others(path):
+        return
+    try:
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        log().warning("%s %s is open to other users and cannot be made private (%s); run: "
+                      "chmod 600 %s", what, path, describe_os_error(exc), path)
+        return
+    log().warning("%s %s was open to other users; it is 0600 now", what, path)
+
+
 class FileLock:
     """An exclusive flock on a lock file (never the data file), bounded wait.
 
@@ -1566,13 +1596,15 @@ def open_keyring() -> tuple[object | None, str]:
     return backend, name
 
 
-def keyring_call(what: str, call: Callable[[], object]) -> object:
-    """One keyring operation; whatever the backend raises becomes one StorageError line."""
+def keyring_call(what: str, call: Callable[[], object], secret: str | None = None) -> object:
+    """One keyring operation; whatever the backend raises becomes one StorageError line,
+    without the secret being stored (a backend running a tool quotes its command line)."""
     try:
         return call()
     except Exception as exc:  # D-Bus, a locked collection, a file backend's OSError...
+        said = redacted(one_line(exc), [secret] if secret else [])
         raise StorageError(f"cannot {what} the OS keyring: {type(exc).__name__}: "
-                           f"{one_line(exc)[:200]}") from exc
+                           f"{said[:200]}") from exc
 
 
 def drop_keyring_item(marker: str, fallback: KeyringItem, backend) -> None:
@@ -1742,7 +1774,8 @@ class KeyringRefreshTokenStore:
             return
         try:
             keyring_call("write to", lambda: backend.set_password(self.item.service,
-                                                                  self.item.username, token))
+                                                                  self.item.username, token),
+                         secret=token)
         except StorageError as exc:
             # The token may be a just-rotated one: it must be kept somewhere.
             log().warning("%s; keeping the refresh token in %s", exc, self.file_store.path)
@@ -2338,6 +2371,19 @@ def _parse_oauth_answer(response, url: str, what: str, skew: float | None,
     return document
 
 
+def _sent_secrets(form: Mapping[str, str] | None, basic: tuple[str, str] | None) -> list[str]:
+    """What a request carried that its answer must not quote to the user: the form's secret
+    fields and the Basic password, as sent and URL-encoded, and the Basic credentials."""
+    import urllib.parse
+
+    values = [value for name, value in (form or {}).items() if name in SECRET_FORM_FIELDS]
+    if basic:
+        values.append(basic[1])
+        values.append(base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode("ascii"))
+    return [variant for value in values
+            for variant in (value, urllib.parse.quote_plus(value), urllib.parse.quote(value))]
+
+
 def open_http():
     """One HTTP client for a renewal's calls: a grant and an exchange at one host (an OCI
     identity domain is both) then share a connection, and one TLS handshake."""
@@ -2362,6 +2408,7 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
     tls = {"verify": ca_bundle} if ca_bundle else {}
     last_problem = ""
     skew: float | None = None
+    secrets = _sent_secrets(form, basic)
     try:
         for attempt in range(HTTP_ATTEMPTS):
             if attempt:
@@ -2375,10 +2422,16 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                 raise HttpError(f"TLS failure talking to the {what} at {url}: "
                                 f"{_short_cause(exc)}") from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                last_problem = _short_cause(exc)
+                last_problem = redacted(_short_cause(exc), secrets)
                 retry_after = None
             except requests.exceptions.RequestException as exc:
                 raise HttpError(f"cannot call the {what} at {url}: {_short_cause(exc)}") from exc
+            except UnicodeEncodeError:
+                # requests encodes Basic credentials as Latin-1; its error would name the
+                # character and its place in the secret.
+                raise ConfigError(f"the client id or secret for the {what} at {url} holds a "
+                                  "character HTTP Basic cannot carry (only Latin-1 ones); "
+                                  "check the secret") from None
             else:
                 skew = clock_skew_seconds(response.headers.get("Date"), now())
                 log().debug("%s answered HTTP %s", what, response.status_code)
@@ -2391,6 +2444,10 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                 # it may reach a server that works.
                 http.close()
                 sleep(retry_delay(attempt, retry_after, jitter))
+    except WociError as exc:
+        # A server may quote the request in its answer: its body, its Authorization header.
+        exc.args = (redacted(str(exc), secrets), *exc.args[1:])
+        raise
     finally:
         if own_client:
             http.close()
@@ -2480,6 +2537,12 @@ def discovery_url(issuer: str) -> str:
     return issuer.rstrip("/") + DISCOVERY_PATH
 
 
+def endpoint_fits_issuer(endpoint: str, issuer: str) -> bool:
+    """An https issuer's endpoints are https too: an http:// one would carry its secrets (and
+    in the browser the user's password) in clear text."""
+    return not issuer.lower().startswith("https://") or endpoint.lower().startswith("https://")
+
+
 def discovery_endpoints(document: object, issuer: str, url: str) -> dict[str, str]:
     """The endpoints a discovery document names; DiscoveryError unless it is the issuer's own
     (section 4.3: its issuer must be exactly the one configured)."""
@@ -2498,6 +2561,11 @@ def discovery_endpoints(document: object, issuer: str, url: str) -> dict[str, st
         if not isinstance(value, str) or not is_http_url(value):
             raise DiscoveryError(f"the discovery document at {url} names an unusable {name} "
                                  f"({shown(value)}): not an http(s) URL")
+        if not endpoint_fits_issuer(value, issuer):
+            raise DiscoveryError(f"the discovery document at {url} names a {name} that is "
+                                 f"not https ({shown(value)}) for an https issuer, so "
+                                 "woci does not use it; if that is really meant, set the "
+                                 "endpoints in the manager INI instead of issuer")
         endpoints[name] = value
     return endpoints
 
@@ -2522,7 +2590,8 @@ def read_discovery_cache(path: str, issuer: str, now: float) -> CachedDiscovery 
     if (not isinstance(fetched, (int, float)) or isinstance(fetched, bool)
             or not isinstance(endpoints, dict) or fetched != fetched):
         return None
-    if not all(isinstance(value, str) and is_http_url(value) for value in endpoints.values()):
+    if not all(isinstance(value, str) and is_http_url(value)
+               and endpoint_fits_issuer(value, issuer) for value in endpoints.values()):
         return None
     age = now - fetched
     if age < -CLOCK_SKEW_TOLERANCE_SECONDS:
@@ -2574,12 +2643,51 @@ def endpoints_needed(settings: Settings, signing_in: bool) -> tuple[str, ...]:
             else "authz_base_url")
 
 
+# The endpoints a renewal or a sign-in sends secrets to (or, in the browser, the password).
+SECRET_BEARING_ENDPOINTS = ("authz_base_url", "token_url", "token_exchange_url",
+                            "device_authorization_url")
+
+
+def in_clear_text_to_another_machine(url: str) -> bool:
+    """http:// to a host that is not this machine: what is sent there crosses a network."""
+    import ipaddress
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def warn_of_clear_text_endpoints(settings: Settings) -> None:
+    """One warning per plain-http endpoint on another machine (token_exchange_url defaults
+    to token_url: one line for both)."""
+    warned = set()
+    for field in SECRET_BEARING_ENDPOINTS:
+        url = getattr(settings, field)
+        if url and url not in warned and in_clear_text_to_another_machine(url):
+            warned.add(url)
+            log().warning("%s %s is plain http to another machine: what woci (or you, in the "
+                          "browser) sends there crosses the network in clear text; use its "
+                          "https URL", field, url)
+
+
 def resolve_endpoints(settings: Settings, discovery_cache: str, signing_in: bool = True,
                       **seams) -> Settings:
     """The settings with every endpoint a renewal needs: explicit ones as they are, the others
     from discovery, read only when issuer is set and one of them is missing."""
     needed = endpoints_needed(settings, signing_in)
     if settings.issuer and not all(getattr(settings, field) for field in needed):
+        if in_clear_text_to_another_machine(settings.issuer):
+            log().warning("issuer %s is plain http to another machine: anyone on the network "
+                          "can change the endpoints its discovery document names; use its "
+                          "https URL", settings.issuer)
         endpoints = discover(settings, discovery_cache, **seams)
         fields = set(Settings._fields)
         settings = settings._replace(**{
@@ -2593,6 +2701,7 @@ def resolve_endpoints(settings: Settings, discovery_cache: str, signing_in: bool
                                   f"names no {name}{why}; set {field} in the manager INI")
     if not settings.token_exchange_url:
         settings = settings._replace(token_exchange_url=settings.token_url)
+    warn_of_clear_text_endpoints(settings)
     return settings
 
 
@@ -2733,6 +2842,15 @@ def open_callback_server(port: int, path: str, state: str):
             super().__init__(*args)
             self.answered = threading.Event()
             self.taking = threading.Lock()
+            self.forgeries_reported = threading.Event()
+
+        def report_forgery(self) -> None:
+            """Warn of the first request without the right state only: any local process can
+            send them, and a line for each would scroll the sign-in URL out of sight."""
+            if not self.forgeries_reported.is_set():
+                self.forgeries_reported.set()
+                log().warning("ignored a request to the sign-in callback that did not come "
+                              "from this sign-in (wrong or missing state)")
 
         def take(self, result: CallbackResult) -> bool:
             """Keep the first result; two answers racing in two threads cannot both win."""
@@ -2742,6 +2860,12 @@ def open_callback_server(port: int, path: str, state: str):
                 self.result = result
             self.answered.set()
             return True
+
+        def handle_error(self, request, client_address) -> None:
+            # socketserver prints a traceback on stderr; any local process can cause one
+            # (connect, send, reset), and the result of the sign-in is already kept.
+            log().debug("a connection to the sign-in callback failed: %s",
+                        one_line(sys.exc_info()[1] or Exception()))
 
     class CallbackHandler(http.server.BaseHTTPRequestHandler):
         server: CallbackServer
@@ -2757,8 +2881,7 @@ def open_callback_server(port: int, path: str, state: str):
             result = evaluate_callback(urllib.parse.parse_qs(parts.query),
                                        self.server.expected_state)
             if result is None or not self.server.take(result):
-                log().warning("ignored a request to the sign-in callback that did not come from "
-                            "this sign-in (wrong or missing state)")
+                self.server.report_forgery()
                 self._answer(400, callback_page("Not woci's sign-in", WRONG_STATE))
             elif result.code:
                 self._answer(200, callback_page("Signed in", "woci has what it needs. You can "
@@ -2961,17 +3084,21 @@ def parse_pasted_answer(text: str, expected_state: str) -> CallbackResult:
     the callback checks it), or the bare authorization code."""
     import urllib.parse
 
+    nonsense = CallbackResult(None, "what was pasted is neither the address the browser was "
+                                    "sent to nor an authorization code; run woci again")
     text = text.strip().strip("\"'<>").strip()
     if "://" in text or text.startswith("/"):
-        parts = urllib.parse.urlsplit(text)
+        try:
+            parts = urllib.parse.urlsplit(text)
+        except ValueError:   # "http://[::1/..." and other addresses no browser was sent to
+            return nonsense
         query = parts.query or parts.fragment
     elif text.startswith("?") or "=" in text:
         query = text.lstrip("?")
     else:
         code = urllib.parse.unquote(text)
         if not code or not code.isprintable() or any(ch.isspace() for ch in code):
-            return CallbackResult(None, "what was pasted is neither the address the browser "
-                                        "was sent to nor an authorization code; run woci again")
+            return nonsense
         return CallbackResult(code, None)
     result = evaluate_callback(urllib.parse.parse_qs(query, keep_blank_values=True),
                                expected_state)
@@ -3056,8 +3183,9 @@ def parse_device_authorization(document: dict, url: str, default_expiry: float
     return DeviceAuthorization(device_code, user_code, uri, complete,  # type: ignore[arg-type]
                                _seconds_or(document.get("expires_in"), default_expiry),
                                min(DEVICE_MAX_INTERVAL_SECONDS,
-                                   _seconds_or(document.get("interval"),
-                                               DEVICE_DEFAULT_INTERVAL_SECONDS)))
+                                   max(DEVICE_MIN_INTERVAL_SECONDS,
+                                       _seconds_or(document.get("interval"),
+                                                   DEVICE_DEFAULT_INTERVAL_SECONDS))))
 
 
 def _device_grant_hint(settings: Settings, exc: OAuthError) -> str:
@@ -3160,6 +3288,7 @@ def load_private_key(path: str):
     if not isinstance(key, rsa.RSAPrivateKey):
         log().warning("the session key %s is not an RSA key; making a new one", path)
         return None
+    make_private(path, "the session key")   # renewals keep it: it must be private from now on
     return key
 
 
@@ -3367,6 +3496,8 @@ def _refresh(session: Session, http) -> TokenResponse | None:
     if presented is None:
         log().info("no refresh token stored for profile %s", session.settings.profile)
         return None
+    # A provider that does not rotate never replaces the file: it must be private now.
+    make_private(session.paths.refresh_token, "the refresh token")
     tokens = _refresh_grant_or_none(session.settings, presented, http)
     if tokens is None:
         again = store.load()
@@ -3805,6 +3936,10 @@ def _redirect_stdio(log_path: str) -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(log, 0o600)   # one left open to others (by hand, or before umask 077)
+    except OSError:
+        pass   # not ours to change
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)

@@ -199,6 +199,23 @@ def test_pid_file_lock_tells_a_live_daemon_from_a_stale_file(tmp_path):
     assert not path.exists()
 
 
+@pytest.mark.parametrize("existing", [None, 0o644])
+def test_daemon_log_is_private_even_when_it_was_not(tmp_path, existing):
+    """The daemon's log (new, or left 0644 by someone) is 0600 once the daemon writes it."""
+    log = tmp_path / "woci_daemon.log"
+    if existing is not None:
+        log.write_text("old line\n")
+        log.chmod(existing)
+    pid = os.fork()
+    if pid == 0:   # the redirect replaces this process's stdio: do it in a child
+        try:
+            woci._redirect_stdio(str(log))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert log.stat().st_mode & 0o777 == 0o600
+
+
 # --- the daemon's renewals in a child process ----------------------------------------------------
 
 

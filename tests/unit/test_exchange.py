@@ -3,6 +3,7 @@
 import base64
 import json
 import logging
+import stat
 
 import time
 
@@ -153,6 +154,28 @@ def test_load_private_key_round_trip_and_missing(tmp_path, key):
     assert woci.load_private_key(path) is None
     path.write_bytes(woci.private_key_pem(key))
     assert woci.load_private_key(path).private_numbers() == key.private_numbers()
+
+
+def test_a_session_key_others_can_read_is_made_private_with_a_warning(tmp_path, key, caplog):
+    """A key file woci finds in the session folder with a loose mode (copied there, made by
+    another tool under umask 022) is kept, as renewals keep the key, but made 0600: with it,
+    anyone who gets the token signs as the user."""
+    path = tmp_path / "oci_api_key.pem"
+    path.write_bytes(woci.private_key_pem(key))
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        assert woci.load_private_key(str(path)).private_numbers() == key.private_numbers()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert str(path) in caplog.text and "other users" in caplog.text
+
+
+def test_a_private_session_key_draws_no_warning(tmp_path, key, caplog):
+    path = tmp_path / "oci_api_key.pem"
+    path.write_bytes(woci.private_key_pem(key))
+    path.chmod(0o400)
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.load_private_key(str(path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400 and caplog.text == ""
 
 
 def test_unusable_key_file_is_replaced_with_a_warning(tmp_path, caplog):

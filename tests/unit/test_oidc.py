@@ -1,7 +1,10 @@
 """Section 5: the form POST (auth, retries, errors), the grants, the callback server and the
 browser sign-in, against real local HTTP servers."""
 
+import base64
+import logging
 import socket
+import struct
 import threading
 import time
 import urllib.error
@@ -161,6 +164,47 @@ def test_oauth_error_json_is_an_oauth_error():
     assert info.value.error == "invalid_scope" and info.value.status == 400
     assert "refused the request: invalid_scope: scope x unknown" in str(info.value)
     assert len(server.requests) == 1
+
+
+def echoing(status):
+    """A server that quotes, in its error_description, the body and the Authorization header
+    it received (some do, in debug modes and in error pages behind gateways)."""
+    def respond(request):
+        quoted = f"got {request.body.decode()} with {request.headers.get('authorization')}"
+        return json_answer(status, {"error": "invalid_request", "error_description": quoted})
+    return respond
+
+
+SECRET_FIELDS = {"refresh_token": "rt+secret/value=1", "code_verifier": "verifier-secret-2",
+                 "subject_token": "access-token-secret-3", "code": "code-secret-4",
+                 "device_code": "device-code-secret-5", "token": "revoked-secret-6"}
+
+
+@pytest.mark.parametrize("status", [400, 200])
+def test_secrets_a_server_echoes_are_not_repeated_in_the_error(status):
+    """The form's tokens and the Basic password, as sent or URL-encoded, and the Basic header
+    itself never reach the message, whatever the server quotes back."""
+    form = {"grant_type": "refresh_token", "client_id": "idp-client", **SECRET_FIELDS}
+    with LocalServer(echoing(status)) as server, pytest.raises(woci.OAuthError) as info:
+        post(server, form, basic=("idp-client", "client-secret+7"))
+    message = str(info.value)
+    assert "grant_type=refresh_token" in message   # what is not secret is still quoted
+    basic = base64.b64encode(b"idp-client:client-secret+7").decode()
+    for secret in [*SECRET_FIELDS.values(), "client-secret+7", basic]:
+        assert secret not in message and urllib.parse.quote_plus(secret) not in message
+
+
+def test_a_client_secret_http_basic_cannot_carry_is_a_configuration_error():
+    """requests encodes Basic credentials as Latin-1: a secret with a character outside it
+    raised UnicodeEncodeError (a traceback, naming the character and its place in the
+    secret). It is one line naming the problem, exit 2, nothing sent, no part of it shown."""
+    with LocalServer([OK]) as server, pytest.raises(woci.ConfigError) as info:
+        post(server, basic=("idp-client", "p\u00e4ss-\u20ac-xyzzy"))
+    message = str(info.value)
+    assert "Latin-1" in message and "token endpoint" in message
+    assert "\u20ac" not in message and "xyzzy" not in message and "position" not in message
+    assert info.value.exit_code == 2 and info.value.__cause__ is None
+    assert server.requests == []
 
 
 def test_error_object_with_status_200_is_still_an_error():
@@ -324,6 +368,16 @@ def test_callback_wrong_or_missing_state_is_ignored(callback):
     assert "did not come from woci" in pages[0][1]
 
 
+def test_a_flood_of_forged_callbacks_draws_one_warning(callback, caplog):
+    """Any local process can send the callback requests without the state: the user hears of
+    it once, not once a request (a flood would scroll the sign-in URL out of sight)."""
+    forged = [f"/callback?code=forged&state=forged-{n}" for n in range(20)]
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        result, pages = visit_and_wait(callback, *forged, "/callback?code=c-1&state=st8")
+    assert result == ("c-1", None) and [status for status, _ in pages] == [400] * 20 + [200]
+    assert len([r for r in caplog.records if "did not come from" in r.getMessage()]) == 1
+
+
 def test_callback_missing_code(callback):
     """The right state but no code: 'no authorization code'."""
     result, _ = visit_and_wait(callback, "/callback?state=st8")
@@ -379,6 +433,33 @@ def test_idle_connection_does_not_block_the_callback(callback):
     assert not stalled, "wait_for_callback stayed blocked on an idle connection past its deadline"
     assert outcome["result"] == ("c-3", None)
     assert outcome["page"][0] == 200
+
+
+def reset_after_sending(address, request: bytes) -> None:
+    """A client that sends a request and resets the connection before the answer."""
+    client = socket.create_connection(address)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.sendall(request)
+    client.close()
+
+
+def test_clients_that_reset_their_connection_print_no_traceback(callback, capsys):
+    """Any local process may connect and go away mid-answer: no traceback reaches the user's
+    terminal, and the real answer is still taken."""
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(
+        got=woci.wait_for_callback(callback, 10)), daemon=True)
+    waiter.start()
+    for _ in range(5):
+        reset_after_sending(callback.server_address,
+                            b"GET /callback?code=forged&state=forged HTTP/1.1\r\n\r\n")
+        reset_after_sending(callback.server_address, b"GET /favicon.ico HTTP/1.1\r\n\r\n")
+    time.sleep(0.3)   # the handler threads of the resets have written what they write
+    status, _ = get(callback.base + "/callback?code=c-4&state=st8")
+    waiter.join(timeout=10)
+    assert status == 200 and result["got"] == ("c-4", None)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err
 
 
 def test_callback_port_in_use_is_an_auth_error():

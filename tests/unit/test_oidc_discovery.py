@@ -2,6 +2,7 @@
 a failing fetch) and the endpoints it gives the settings, against local HTTP servers."""
 
 import json
+import logging
 import os
 import stat
 import time
@@ -100,6 +101,33 @@ def test_document_for_another_issuer_is_refused():
 def test_unusable_documents_are_discovery_errors(document, fragment):
     with pytest.raises(woci.DiscoveryError, match=fragment):
         woci.discovery_endpoints(document, "https://i", "https://i/.well-known/x")
+
+
+@pytest.mark.parametrize("name", ["authorization_endpoint", "token_endpoint",
+                                  "device_authorization_endpoint", "revocation_endpoint"])
+def test_an_https_issuer_cannot_send_woci_to_a_plain_http_endpoint(name):
+    """A document read over https that names an http:// endpoint would have woci send a
+    refresh token or client secret (or the user's password, in the browser) in clear text."""
+    with pytest.raises(woci.DiscoveryError) as info:
+        woci.discovery_endpoints({"issuer": "https://i", name: "http://i/x"}, "https://i",
+                                 "https://i/.well-known/x")
+    assert name in str(info.value) and "not https" in str(info.value)
+
+
+def test_an_http_issuer_may_name_http_endpoints():
+    """An issuer configured as http:// (a local test provider) keeps its http:// endpoints."""
+    endpoints = woci.discovery_endpoints({"issuer": "http://127.0.0.1:9",
+                                          "token_endpoint": "http://127.0.0.1:9/t"},
+                                         "http://127.0.0.1:9", "u")
+    assert endpoints == {"token_endpoint": "http://127.0.0.1:9/t"}
+
+
+def test_a_copy_naming_plain_http_endpoints_for_an_https_issuer_is_not_used(tmp_path):
+    """The copy follows the document's rule: one that breaks it is fetched again."""
+    path = tmp_path / "discovery.json"
+    path.write_text(json.dumps({"issuer": "https://i", "fetched_at": time.time(),
+                                "endpoints": {"token_endpoint": "http://i/t"}}))
+    assert woci.read_discovery_cache(str(path), "https://i", time.time()) is None
 
 
 def test_endpoints_the_document_lacks_are_simply_absent():
@@ -217,6 +245,54 @@ def test_a_copy_that_cannot_be_written_is_a_warning(tmp_path, caplog):
 
 
 # --- resolve_endpoints -------------------------------------------------------------------------
+
+
+def test_plain_http_to_another_machine_draws_a_warning_naming_each_endpoint(tmp_path, caplog):
+    """http:// to another host would carry the refresh token, the client secrets and the
+    access token (and the user's password, in the browser) in clear text: each such endpoint
+    is named in a warning. This machine (127.0.0.1, ::1, localhost) and https draw none."""
+    settings = make_settings(authz_base_url="http://idp.example/authorize",
+                             token_url="http://10.0.0.7:8080/token",
+                             token_exchange_url="https://idp.example/exchange",
+                             device_authorization_url="http://localhost:9/device")
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.resolve_endpoints(settings, tmp_path / woci.DISCOVERY_FILE)
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2 and all("clear text" in line for line in lines)
+    assert "http://idp.example/authorize" in lines[0] and "authz_base_url" in lines[0]
+    assert "http://10.0.0.7:8080/token" in lines[1] and "token_url" in lines[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.resolve_endpoints(make_settings(token_url="http://idp.example/token",
+                                             token_exchange_url=None),
+                               tmp_path / woci.DISCOVERY_FILE)
+    assert len(caplog.records) == 1   # the exchange at the same URL: no second line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.resolve_endpoints(make_settings(token_url="http://[::1]:9/token"),
+                               tmp_path / woci.DISCOVERY_FILE)
+    assert caplog.records == []
+
+
+def test_a_plain_http_issuer_on_another_machine_draws_a_warning(tmp_path, caplog):
+    """Its discovery document says where every secret goes: read over plain http from
+    another machine, anyone on the way can point the endpoints elsewhere (even at https
+    ones, which draw no warning of their own)."""
+    copy = tmp_path / woci.DISCOVERY_FILE
+    copy.write_text(json.dumps({"issuer": "http://idp.example", "fetched_at": time.time(),
+                                "endpoints": {"authorization_endpoint": "https://a.example/a",
+                                              "token_endpoint": "https://a.example/t"}}))
+    settings = make_settings(issuer="http://idp.example", authz_base_url=None, token_url=None,
+                             token_exchange_url=None)
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        assert woci.resolve_endpoints(settings, copy).token_url == "https://a.example/t"
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert "issuer http://idp.example" in line and "discovery document" in line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="woci"):   # discovery not needed: no word
+        woci.resolve_endpoints(settings._replace(authz_base_url="https://a.example/a",
+                                                 token_url="https://a.example/t"), copy)
+    assert caplog.records == []
 
 
 def test_discovered_endpoints_fill_the_settings_and_explicit_ones_win(tmp_path):

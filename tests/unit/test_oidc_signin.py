@@ -134,6 +134,17 @@ def test_an_interval_longer_than_a_minute_is_capped():
     assert clock.sleeps == [float(woci.DEVICE_MAX_INTERVAL_SECONDS)]
 
 
+@pytest.mark.parametrize("interval", [0.001, 0.5])
+def test_an_interval_under_a_second_is_raised_to_one(interval):
+    """A provider (or whatever answers in its place) asking for a poll every millisecond
+    would have woci hammer the token endpoint with the device code: one poll a second."""
+    clock = Clock()
+    with DeviceProvider([pending(), json_answer(200, TOKENS)],
+                        device={**DEVICE_ANSWER, "interval": interval}) as server:
+        device_sign_in(server, clock)
+    assert clock.sleeps == [1.0, 1.0]
+
+
 @pytest.mark.parametrize("error, fragment", [
     ("access_denied", "the sign-in was denied at the provider (access_denied)"),
     ("expired_token", "the code expired before the sign-in was approved"),
@@ -244,7 +255,9 @@ def test_pasted_error_from_the_provider_is_its_error():
 
 
 @pytest.mark.parametrize("text", ["two words", "bell\x07", "http://127.0.0.1:8181/callback"
-                                  "?state=the-state"])
+                                  "?state=the-state",
+                                  "http://[::1/callback?code=c-1&state=the-state",
+                                  "http://[nope]:8181/callback?code=c-1&state=the-state"])
 def test_pasted_nonsense_is_refused(text):
     result = woci.parse_pasted_answer(text, STATE)
     assert result.code is None and result.error

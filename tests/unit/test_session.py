@@ -350,6 +350,20 @@ def test_provider_without_rotation_keeps_the_stored_token(fake, tmp_path):
     assert Path(m.paths.refresh_token).read_text() == "rt-0"
 
 
+def test_a_refresh_token_others_can_read_is_made_private_when_used(fake, tmp_path, caplog):
+    """A refresh token file left 0644 (restored from a backup, copied in from Windows) that
+    a provider without rotation never replaces: the renewal that uses it makes it 0600."""
+    m = make_session(fake, tmp_path)
+    seed_expired_session(m, fake)
+    Path(m.paths.refresh_token).chmod(0o644)
+    fake.rotate = False
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.ensure_session(m)
+    assert Path(m.paths.refresh_token).read_text() == "rt-0"
+    assert mode_of(m.paths.refresh_token) == 0o600
+    assert m.paths.refresh_token in caplog.text and "other users" in caplog.text
+
+
 def test_encrypted_refresh_token_is_rotated_encrypted(fake, tmp_path):
     """With a passphrase: the rotated token is stored encrypted and opens with it."""
     m = make_session(fake, tmp_path, environ={"PW": "pass"}, refresh_token_passphrase_env="PW")

@@ -813,6 +813,24 @@ def test_a_keyring_that_fails_to_write_keeps_the_token_in_the_file(tmp_path, fil
     assert any("keeping the refresh token in" in r.getMessage() for r in caplog.records)
 
 
+def test_a_keyring_failure_that_quotes_the_token_does_not_show_it(tmp_path, file_keyring,
+                                                                 caplog):
+    """A backend that runs a tool with the secret in its command line fails with an error
+    quoting that command (subprocess.CalledProcessError does): the warning must not repeat
+    the refresh token."""
+    import subprocess
+
+    def refuse(service, username, password):
+        raise subprocess.CalledProcessError(1, ["secret-tool", "store", password])
+
+    paths, _, store = keyring_stores(tmp_path, file_keyring)
+    file_keyring.set_password = refuse
+    store.save("rt-quoted-by-the-backend")
+    assert Path(paths.refresh_token).read_text() == "rt-quoted-by-the-backend"
+    assert "CalledProcessError" in caplog.text
+    assert "rt-quoted-by-the-backend" not in caplog.text
+
+
 def test_open_keyring_refuses_the_fail_and_null_backends(monkeypatch):
     """keyring's placeholders are no keyring: the null one would drop the token silently."""
     import keyring
