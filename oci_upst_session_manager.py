@@ -301,6 +301,15 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def parse_json(data: bytes | str) -> object:
+    """json.loads for what comes from files and servers: JSON nested too deeply for the parser
+    (RecursionError) is damage like any other, a ValueError."""
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
 def jwt_claims_unverified(token: str) -> dict:
     """The payload of a JWT, not verified: only the issuer's key could, and oci does the same.
 
@@ -310,7 +319,7 @@ def jwt_claims_unverified(token: str) -> dict:
     if len(parts) != 3 or not all(parts[:2]):
         raise ValueError("not a JWT (expected three dot-separated parts)")
     try:
-        claims = json.loads(b64url_decode(parts[1]))
+        claims = parse_json(b64url_decode(parts[1]))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError("not a JWT (the payload is not base64url JSON)") from exc
     if not isinstance(claims, dict):
@@ -1527,7 +1536,7 @@ def decrypt_refresh_token(raw: bytes, passphrase: str, path: str) -> str:
 
     damaged = f"the encrypted refresh token {path} is damaged"
     try:
-        document = json.loads(raw)
+        document = parse_json(raw)
         if document.get("format") != ENCRYPTED_FORMAT:
             raise ValueError("it is not a woci refresh-token file")
         if document.get("version") != ENCRYPTED_VERSION or document.get("kdf") != KDF_NAME:
@@ -1567,7 +1576,7 @@ class KeyringItem(collections.namedtuple("KeyringItem", "service username")):
     @classmethod
     def read_marker(cls, path: str) -> "KeyringItem" | None:
         try:
-            document = json.loads(read_file_if_present(path) or b"null")
+            document = parse_json(read_file_if_present(path) or b"null")
         except (StorageError, ValueError):
             return None
         if isinstance(document, dict) and isinstance(document.get("service"), str) and \
@@ -2221,7 +2230,7 @@ def cached_credential(paths: SessionPaths, key: list[str], now: float) -> bytes 
     if text is None:
         return None
     try:
-        entry = json.loads(text)
+        entry = parse_json(text)
         expires_at, output = entry["expires_at"], entry["output"]
         if entry.get("key") != key or not isinstance(output, str):
             return None
@@ -2285,7 +2294,7 @@ def store_credential(paths: SessionPaths, key: list[str], output: bytes) -> None
 
     try:
         text = output.decode("utf-8")
-        stamp = json.loads(text)["status"]["expirationTimestamp"]
+        stamp = parse_json(text)["status"]["expirationTimestamp"]
         moment = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.timezone.utc)
@@ -2355,7 +2364,7 @@ def _parse_oauth_answer(response, url: str, what: str, skew: float | None,
     if any_success and 200 <= response.status_code < 300:
         return {}   # RFC 7009: the body of a revocation's answer means nothing
     try:
-        document = response.json()
+        document = parse_json(response.content)
     except ValueError:
         document = None
     if not isinstance(document, dict):
@@ -2581,7 +2590,7 @@ def read_discovery_cache(path: str, issuer: str, now: float) -> CachedDiscovery 
     another issuer's, damaged, or dated in the future): it is only a copy."""
     try:
         raw = read_file_if_present(path)
-        document = json.loads(raw) if raw is not None else None
+        document = parse_json(raw) if raw is not None else None
     except (StorageError, ValueError):
         return None
     if not isinstance(document, dict) or document.get("issuer") != issuer:
@@ -2753,7 +2762,7 @@ def probe_endpoint(url: str, ca_bundle: str | None = None,
     except requests.exceptions.RequestException as exc:
         return Probe(None, "", None, None, _short_cause(exc))
     try:
-        document = response.json()
+        document = parse_json(response.content)
     except ValueError:
         document = None
     error = document.get("error") if isinstance(document, dict) else None
@@ -3770,7 +3779,7 @@ def ensure_in_child(session: Session, min_validity: float = EXPIRY_MARGIN_SECOND
         # process goes on: a child left behind could still be spending a refresh token.
         os.waitpid(pid, 0)
     try:
-        report = json.loads(b"".join(chunks) or b"null")
+        report = parse_json(b"".join(chunks) or b"null")
         ok, kind, message = report["ok"], report.get("kind"), str(report.get("message"))
         exit_code = report.get("exit_code") if isinstance(report.get("exit_code"), int) else None
     except (ValueError, TypeError, KeyError):
@@ -3880,7 +3889,7 @@ class DaemonState(collections.namedtuple("DaemonState",
     def read(cls, path: str) -> "DaemonState" | None:
         """The state, or None when the file is missing or holds anything unexpected."""
         try:
-            document = json.loads(read_file_if_present(path) or b"null")
+            document = parse_json(read_file_if_present(path) or b"null")
         except (StorageError, ValueError):
             return None
         if not isinstance(document, dict):

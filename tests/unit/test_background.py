@@ -255,3 +255,12 @@ def test_renewal_child_that_dies_is_a_failure_to_retry(monkeypatch, tmp_path):
     with pytest.raises(woci.WociError, match="ended without a word") as info:
         woci.ensure_in_child(_session(tmp_path))
     assert not isinstance(info.value, woci.FATAL_IN_BACKGROUND)
+
+
+# --- hostile files -------------------------------------------------------------------------------
+
+
+def test_a_daemon_state_file_nested_too_deeply_is_no_state(tmp_path):
+    path = tmp_path / "woci_daemon.state"
+    path.write_text('{"pid": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert woci.DaemonState.read(str(path)) is None

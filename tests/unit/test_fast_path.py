@@ -333,3 +333,19 @@ def test_every_name_the_module_uses_is_bound():
                              "--output-format", "concise", woci.__file__],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- hostile files -------------------------------------------------------------------------------
+
+
+def test_a_cache_entry_nested_too_deeply_is_ignored(home):
+    """A damaged entry is ignored (oci runs), whatever the damage: here JSON the parser
+    gives up on with RecursionError."""
+    entry = store(home, credential(time.time() + 240))
+    entry.write_text('{"key": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert answer(home, *OKE_ARGS) is None
+
+
+def test_oci_output_nested_too_deeply_is_not_kept(home):
+    entry = store(home, ('{"status": ' + "[" * 100_000 + "]" * 100_000 + "}").encode())
+    assert not entry.exists()

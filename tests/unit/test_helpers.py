@@ -200,3 +200,23 @@ def test_mask_secret_shows_at_most_two_characters_and_the_length():
     assert woci.mask_secret("oci-secret-for-tests") == "oc*** (20 characters)"
     assert woci.mask_secret("short") == "*** (5 characters)"
     assert "secret" not in woci.mask_secret("oci-secret-for-tests")
+
+
+# --- hostile input -----------------------------------------------------------------------------
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000   # json.loads gives up with RecursionError
+
+
+def test_parse_json_makes_nesting_too_deep_a_value_error():
+    """Too deep for the parser is damage like any other: a ValueError, not a RecursionError
+    that no caller expects."""
+    with pytest.raises(ValueError, match="nested too deeply"):
+        woci.parse_json(DEEP_JSON)
+    assert woci.parse_json(b'{"a": [1]}') == {"a": [1]}
+
+
+def test_jwt_claims_nested_too_deeply_are_not_a_jwt():
+    """A token file (or a server's token) whose payload nests without end is no JWT."""
+    payload = base64.urlsafe_b64encode(('{"exp": 1, "a": ' + DEEP_JSON + "}").encode())
+    with pytest.raises(ValueError, match="not base64url JSON"):
+        woci.jwt_claims_unverified("e30." + payload.decode().rstrip("=") + ".sig")

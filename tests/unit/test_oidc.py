@@ -609,3 +609,23 @@ def test_probe_of_an_html_page_has_no_oauth_error():
     with LocalServer([Answer(404, "<html></html>", {"Content-Type": "text/html"})]) as srv:
         probe = woci.probe_endpoint(srv.url + "/nowhere")
     assert (probe.status, probe.content_type, probe.oauth_error) == (404, "text/html", None)
+
+
+# --- hostile answers -----------------------------------------------------------------------------
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("status, body", [(200, DEEP_JSON), (400, '{"error": ' + DEEP_JSON + "}")])
+def test_json_nested_too_deeply_is_an_http_error(status, body):
+    """An answer the JSON parser gives up on (RecursionError) is not JSON: HttpError naming
+    the endpoint, no traceback."""
+    answer = Answer(status, body, {"Content-Type": "application/json"})
+    with LocalServer([answer]) as server, pytest.raises(woci.HttpError, match="instead of JSON"):
+        post(server)
+
+
+def test_a_doctor_probe_answered_with_json_nested_too_deeply_is_an_answer():
+    with LocalServer([Answer(400, DEEP_JSON, {"Content-Type": "application/json"})]) as server:
+        probe = woci.probe_endpoint(server.url + "/token")
+    assert probe.status == 400 and probe.oauth_error is None

@@ -348,3 +348,13 @@ def test_device_flow_without_a_device_endpoint_in_the_document_is_a_configuratio
     assert "names no device_authorization_endpoint" in str(info.value)
     assert "set device_authorization_url" in str(info.value)
     assert info.value.exit_code == 2
+
+
+# --- hostile copies ----------------------------------------------------------------------------
+
+
+def test_a_copy_nested_too_deeply_is_no_copy(tmp_path):
+    path = tmp_path / "discovery.json"
+    path.write_text('{"issuer": "https://idp.example", "x": ' + "[" * 100_000 + "]" * 100_000
+                    + "}")
+    assert woci.read_discovery_cache(str(path), "https://idp.example", time.time()) is None

@@ -856,3 +856,30 @@ def test_stored_refresh_token_reads_only_files(tmp_path):
     for damaged in (b"", b"\xff\xfe", b"two words"):
         Path(paths.refresh_token).write_bytes(damaged)
         assert woci.stored_refresh_token(paths) == ("file", None, True)   # load() refuses it
+
+
+# --- hostile files -------------------------------------------------------------------------------
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+def test_encrypted_refresh_token_nested_too_deeply_is_damaged(tmp_path):
+    """JSON the parser gives up on (RecursionError): 'damaged', exit 2, like a truncated file."""
+    path = tmp_path / "refresh_token"
+    path.write_text('{"format": ' + DEEP_JSON + "}")
+    with pytest.raises(woci.RefreshTokenError, match="is damaged") as info:
+        store(tmp_path, {"PW": "pw"}, refresh_token_passphrase_env="PW").load()
+    assert info.value.exit_code == 2
+
+
+def test_session_token_nested_too_deeply_is_reported_not_raised(tmp_path):
+    paths = woci.SessionPaths(str(tmp_path))
+    payload = base64.urlsafe_b64encode(('{"exp": 1, "a": ' + DEEP_JSON + "}").encode())
+    (tmp_path / "token").write_text("e30." + payload.decode().rstrip("=") + ".sig")
+    state = woci.read_session_token(paths)
+    assert state.token is None and "unusable" in state.problem
+
+
+def test_keyring_marker_nested_too_deeply_names_no_item(tmp_path):
+    (tmp_path / "refresh_token.keyring").write_text('{"service": ' + DEEP_JSON + "}")
+    assert woci.KeyringItem.read_marker(str(tmp_path / "refresh_token.keyring")) is None
