@@ -327,11 +327,25 @@ def jwt_claims_unverified(token: str) -> dict:
     return claims
 
 
+def epoch_or_none(value: object) -> float | None:
+    """A time from a file or a server as a float, or None when it is no number a clock can
+    be compared with (a bool, NaN, infinity, an integer beyond a float's range)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        epoch = float(value)
+    except OverflowError:
+        return None
+    return epoch if abs(epoch) != float("inf") and epoch == epoch else None
+
+
 def jwt_expiry(token: str) -> int:
     exp = jwt_claims_unverified(token).get("exp")
     # The OCI CLI insists on an integer exp; a token it cannot use is no session.
     if not isinstance(exp, int) or isinstance(exp, bool):
         raise ValueError("the token has no integer 'exp' claim")
+    if epoch_or_none(exp) is None:   # exp - now would raise OverflowError
+        raise ValueError("the token's integer 'exp' claim is too large to be a time")
     return exp
 
 
@@ -2234,7 +2248,8 @@ def cached_credential(paths: SessionPaths, key: list[str], now: float) -> bytes 
         expires_at, output = entry["expires_at"], entry["output"]
         if entry.get("key") != key or not isinstance(output, str):
             return None
-        if not isinstance(expires_at, (int, float)) or expires_at - now <= OKE_CACHE_MARGIN_SECONDS:
+        expires_at = epoch_or_none(expires_at)
+        if expires_at is None or expires_at - now <= OKE_CACHE_MARGIN_SECONDS:
             return None
         return output.encode("utf-8")
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeEncodeError):
@@ -3567,8 +3582,8 @@ def _complete(session: Session, config: configparser.ConfigParser, access_token:
     if created:
         key = new_private_key()
     upst = request_upst(settings, access_token, key, session.now, http)
-    iat = jwt_claims_unverified(upst).get("iat")
-    if isinstance(iat, (int, float)) and not isinstance(iat, bool):
+    iat = epoch_or_none(jwt_claims_unverified(upst).get("iat"))
+    if iat is not None:
         note = clock_skew_note(session.now() - iat, "OCI")
         if note:
             log().warning("the new session token was issued at a time that%s", note)
@@ -3637,8 +3652,8 @@ def renewal_lead(state: TokenState, safety_window: float) -> float:
     into the token's life, so a short-lived UPST is not renewed over and over."""
     if not state.token or state.expires_at is None:
         return safety_window
-    issued_at = jwt_claims_unverified(state.token).get("iat")
-    if isinstance(issued_at, (int, float)) and state.expires_at > issued_at:
+    issued_at = epoch_or_none(jwt_claims_unverified(state.token).get("iat"))
+    if issued_at is not None and state.expires_at > issued_at:
         return min(safety_window, (state.expires_at - issued_at) / 3)
     return safety_window
 

@@ -264,3 +264,12 @@ def test_a_daemon_state_file_nested_too_deeply_is_no_state(tmp_path):
     path = tmp_path / "woci_daemon.state"
     path.write_text('{"pid": ' + "[" * 100_000 + "]" * 100_000 + "}")
     assert woci.DaemonState.read(str(path)) is None
+
+
+@pytest.mark.parametrize("iat", [-(10 ** 400), float("nan"), "yesterday"], ids=["huge-negative", "nan", "text"])
+def test_renewal_lead_ignores_an_iat_that_is_no_time(iat):
+    """(exp - iat) / 3 of an iat beyond a float's range would raise OverflowError."""
+    part = base64.urlsafe_b64encode(json.dumps({"iat": iat, "exp": 2_000_000_000}).encode())
+    token = "e30." + part.decode().rstrip("=") + ".sig"
+    state = woci.TokenState(token, 2_000_000_000, None)
+    assert woci.renewal_lead(state, 600) == 600

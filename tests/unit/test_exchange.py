@@ -190,3 +190,10 @@ def test_unusable_key_file_is_replaced_with_a_warning(tmp_path, caplog):
         path.write_bytes(woci.private_key_pem(ec_key))
         assert woci.load_private_key(path) is None
         assert "not an RSA key" in caplog.text
+
+
+@pytest.mark.parametrize("exp", [10 ** 400, -(10 ** 400)], ids=["huge", "huge-negative"])
+def test_upst_with_an_exp_no_float_can_hold_is_refused(oci, key, exp):
+    oci.exchange_answer = json_answer(200, {"token": unsigned_jwt({"exp": exp})})
+    with pytest.raises(woci.ExchangeError, match="unusable token"):
+        woci.request_upst(oci.settings(), "at", key)

@@ -349,3 +349,18 @@ def test_a_cache_entry_nested_too_deeply_is_ignored(home):
 def test_oci_output_nested_too_deeply_is_not_kept(home):
     entry = store(home, ('{"status": ' + "[" * 100_000 + "]" * 100_000 + "}").encode())
     assert not entry.exists()
+
+
+@pytest.mark.parametrize("exp", [10 ** 400, -(10 ** 400)], ids=["huge", "huge-negative"])
+def test_a_token_with_an_exp_no_float_can_hold_goes_the_full_way(home, exp):
+    """exp - now, now a float as main() passes it, would raise OverflowError."""
+    (home / ".oci" / "sessions" / "dev" / "token").write_text(unsigned_jwt({"exp": exp}))
+    assert answer(home, "--profile", "dev", "os", "ns", "get", now=time.time()) is None
+
+
+def test_a_cache_entry_whose_expiry_no_float_can_hold_is_ignored(home):
+    entry = store(home, credential(time.time() + 240))
+    document = json.loads(entry.read_text())
+    document["expires_at"] = 10 ** 400
+    entry.write_text(json.dumps(document))
+    assert answer(home, *OKE_ARGS, now=time.time()) is None

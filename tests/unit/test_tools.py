@@ -316,3 +316,12 @@ def test_doctor_with_a_broken_explicit_manager_config_still_runs(tmp_path):
     assert check.level == "FAIL" and "does not exist" in check.message
     assert isinstance(ctx.settings, woci.Settings)
     assert Path(str(tmp_path / "missing.ini")).name in check.message
+
+
+@pytest.mark.parametrize("exp", [10 ** 400, -(10 ** 400)], ids=["huge", "huge-negative"])
+def test_status_of_a_token_with_an_exp_no_float_can_hold(tmp_path, exp):
+    """exp - now would raise OverflowError: the token is unusable, reported, no traceback."""
+    paths = session_folder(tmp_path, {"exp": exp})
+    report = woci.session_status(paths, "p", NOW)
+    assert report.document["session"]["exp"] is None and report.token_problem
+    woci.status_text(report, NOW)
