@@ -1322,6 +1322,8 @@ def remove_if_present(path: str) -> bool:
         os.unlink(path)
     except FileNotFoundError:
         return False
+    except OSError as exc:   # a folder in its place, a read-only folder
+        raise StorageError(f"cannot remove {path}: {describe_os_error(exc)}") from exc
     return True
 
 
@@ -1812,11 +1814,7 @@ class KeyringRefreshTokenStore:
                              lambda: backend.delete_password(previous.service, previous.username))
             except StorageError as exc:
                 log().warning("%s (an old item of woci's)", exc)
-        try:
-            remove_if_present(self.file_store.path)
-        except OSError as exc:
-            raise StorageError(f"cannot remove {self.file_store.path}: "
-                               f"{describe_os_error(exc)}") from exc
+        remove_if_present(self.file_store.path)
 
     def holds_encrypted(self) -> bool:
         return self._keyring() is None and self.file_store.holds_encrypted()
@@ -3847,13 +3845,21 @@ class PidFile:
             self.fd = None
 
     def _open(self) -> int | None:
+        import stat
+
         try:
-            return os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO in its place must not hold up the open.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise DaemonError(f"cannot read the daemon's pid file {self.path}: "
                               f"{describe_os_error(exc)}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DaemonError(f"the daemon's pid file {self.path} is not a file; no woci daemon "
+                              "made it: remove it by hand")
+        return fd
 
     def holder(self) -> int | None:
         """The pid of the live daemon, or None when none holds the file. Changes nothing."""
@@ -4307,11 +4313,8 @@ def delete_session_files(paths: SessionPaths, key_path: str) -> list[str]:
     deleted = []
     for path in dict.fromkeys((paths.token, key_path, paths.key, paths.public_key,
                                paths.refresh_token, paths.daemon_state)):
-        try:
-            if remove_if_present(path):
-                deleted.append(os.path.basename(path))
-        except OSError as exc:
-            raise StorageError(f"cannot delete {path}: {describe_os_error(exc)}") from exc
+        if remove_if_present(path):
+            deleted.append(os.path.basename(path))
     if clear_credential_cache(paths):
         deleted.append(f"{CREDENTIAL_CACHE_FOLDER}/")
     return deleted

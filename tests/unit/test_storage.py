@@ -883,3 +883,12 @@ def test_session_token_nested_too_deeply_is_reported_not_raised(tmp_path):
 def test_keyring_marker_nested_too_deeply_names_no_item(tmp_path):
     (tmp_path / "refresh_token.keyring").write_text('{"service": ' + DEEP_JSON + "}")
     assert woci.KeyringItem.read_marker(str(tmp_path / "refresh_token.keyring")) is None
+
+
+def test_remove_if_present_of_a_folder_is_a_storage_error(tmp_path):
+    """A folder where woci expects its file (a pid file, a keyring marker): one line naming
+    it, not an IsADirectoryError traceback."""
+    (tmp_path / "woci_refresh.pid").mkdir()
+    with pytest.raises(woci.StorageError, match="cannot remove .*woci_refresh.pid: Is a directory"):
+        woci.remove_if_present(str(tmp_path / "woci_refresh.pid"))
+    assert woci.remove_if_present(str(tmp_path / "missing")) is False

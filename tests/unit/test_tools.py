@@ -325,3 +325,31 @@ def test_status_of_a_token_with_an_exp_no_float_can_hold(tmp_path, exp):
     report = woci.session_status(paths, "p", NOW)
     assert report.document["session"]["exp"] is None and report.token_problem
     woci.status_text(report, NOW)
+
+
+@pytest.mark.parametrize("argv", [["--daemon-status"], ["--stop-daemon"]])
+def test_a_folder_named_like_the_pid_file_is_one_error_line(tmp_path, argv, capsys):
+    paths = session_folder(tmp_path)
+    Path(paths.pid).mkdir()
+    assert woci.main(["--profile", "p", *argv], {"HOME": str(tmp_path)}) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("woci: error: ") and err.count("\n") == 1 and paths.pid in err
+
+
+def test_a_folder_named_like_the_keyring_marker_is_one_error_line(tmp_path, capsys,
+                                                                   monkeypatch):
+    paths = session_folder(tmp_path, refresh="rt")
+    Path(paths.keyring_marker).mkdir()
+
+    class Backend:
+        def get_password(self, service, username):
+            return None
+
+    monkeypatch.setattr(woci, "open_keyring", lambda: (Backend(), "test backend"))
+    settings = woci.build_settings(woci.split_command_line(["--profile", "p"]),
+                                   {"HOME": str(tmp_path)}, None, None, required=())
+    store = woci.RefreshTokenStore(paths.refresh_token, woci.NoPassphrase(),
+                                   paths.keyring_marker, open_backend=woci.open_keyring)
+    with pytest.raises(woci.StorageError, match="Is a directory"):
+        store.settle()
+    assert "the keyring item" not in woci.logout(settings, {"HOME": str(tmp_path)})
