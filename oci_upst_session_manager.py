@@ -213,6 +213,9 @@ DAEMON_LOG_FILE = "woci_daemon.log"
 CREDENTIAL_CACHE_FOLDER = "exec-credentials"
 MANAGER_INI_NAME = "woci_manager.ini"
 COMMON_SECTION = "COMMON"
+# No file woci reads comes near this size; a bigger one is not what woci or oci wrote (a link
+# to a log, or to /dev/zero, which never ends).
+FILE_MAX_BYTES = 4 * 1024 * 1024
 # configparser treats its default section as a base for all others; the manager INI's
 # [DEFAULT] is an ordinary section (the one for profile DEFAULT), so the base gets a name
 # no one uses.
@@ -535,6 +538,44 @@ def absolute(path: str) -> str:
     """path from the working folder, spelled as given otherwise (like Path.absolute(): no
     symlink or '..' resolved)."""
     return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def read_file_if_present(path: str) -> bytes | None:
+    """The file's bytes, None when it is absent; StorageError for anything that is not a
+    regular file of at most FILE_MAX_BYTES. O_NONBLOCK: a FIFO in its place must not hold
+    up the open."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from exc
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        if stat.S_ISDIR(kind):
+            raise StorageError(f"{path} is a folder, not a file")
+        raise StorageError(f"{path} is not a regular file (a FIFO or a device?)")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(FILE_MAX_BYTES + 1)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from exc
+    if len(data) > FILE_MAX_BYTES:
+        raise StorageError(f"{path} is larger than {FILE_MAX_BYTES // (1024 * 1024)} MiB, so it "
+                           "is not a file woci or oci wrote")
+    return data
+
+
+def read_text_file(path: str) -> str | None:
+    """read_file_if_present as UTF-8 text with universal newlines, as open() in text mode
+    reads it (configparser reads files that way)."""
+    raw = read_file_if_present(path)
+    if raw is None:
+        return None
+    return raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def configure_logging(level: str, daemon: bool = False) -> None:
@@ -998,17 +1039,16 @@ def load_manager_ini(candidates: list[str], explicit: bool
                      ) -> tuple[str | None, configparser.ConfigParser | None]:
     for path in candidates:
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except FileNotFoundError:
-            if explicit:
-                raise ConfigError(f"manager config {path} does not exist")
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
+            text = read_text_file(path)
+        except (StorageError, UnicodeDecodeError) as exc:
             if explicit:
                 raise ConfigError(f"cannot read manager config {path}: {describe_os_error(exc)}")
             log().warning("cannot read manager config %s (%s); going on without it", path,
                         describe_os_error(exc))
+            continue
+        if text is None:
+            if explicit:
+                raise ConfigError(f"manager config {path} does not exist")
             continue
         return path, parse_manager_ini(text, str(path))
     return None, None
@@ -1302,18 +1342,6 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         except OSError:
             pass
         raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
-
-
-def read_file_if_present(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError as exc:
-        raise StorageError(f"{path} is a folder, not a file") from exc
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from exc
 
 
 def remove_if_present(path: str) -> bool:
@@ -2153,9 +2181,8 @@ def ini_sections(text: str, wanted: tuple[str, ...] | None) -> dict[str, dict[st
 
 def _read_text(path: str) -> str | None:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError):
+        return read_text_file(path)
+    except (StorageError, UnicodeDecodeError):
         return None
 
 

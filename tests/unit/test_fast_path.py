@@ -2,6 +2,7 @@
 credential cache, on real files in a throw-away HOME."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -364,3 +365,10 @@ def test_a_cache_entry_whose_expiry_no_float_can_hold_is_ignored(home):
     document["expires_at"] = 10 ** 400
     entry.write_text(json.dumps(document))
     assert answer(home, *OKE_ARGS, now=time.time()) is None
+
+
+@pytest.mark.parametrize("name", ["config", "woci_manager.ini"])
+def test_a_fifo_for_the_oci_config_or_the_manager_ini_goes_the_full_way_at_once(home, name):
+    (home / ".oci" / name).unlink()
+    os.mkfifo(home / ".oci" / name)
+    assert answer(home, "--profile", "dev", "os", "ns", "get") is None

@@ -440,7 +440,7 @@ def test_unreadable_refresh_token_is_exit_2(tmp_path, monkeypatch):
     def refuse(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr("builtins.open", refuse)
+    monkeypatch.setattr(woci.os, "open", refuse)   # read_file_if_present opens with os.open
     with pytest.raises(woci.RefreshTokenError, match="Permission denied") as info:
         store(tmp_path).load()
     assert info.value.exit_code == 2
@@ -892,3 +892,56 @@ def test_remove_if_present_of_a_folder_is_a_storage_error(tmp_path):
     with pytest.raises(woci.StorageError, match="cannot remove .*woci_refresh.pid: Is a directory"):
         woci.remove_if_present(str(tmp_path / "woci_refresh.pid"))
     assert woci.remove_if_present(str(tmp_path / "missing")) is False
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_reading_what_is_no_regular_file_is_a_storage_error_at_once(tmp_path, kind):
+    """A FIFO would hold the open up forever and /dev/zero never ends: neither is a file
+    woci or oci wrote."""
+    path = tmp_path / "token"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    with pytest.raises(woci.StorageError, match="not a regular file"):
+        woci.read_file_if_present(str(path))
+
+
+def test_reading_a_file_beyond_the_limit_is_a_storage_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(woci, "FILE_MAX_BYTES", 10)
+    (tmp_path / "big").write_bytes(b"x" * 11)
+    (tmp_path / "fits").write_bytes(b"x" * 10)
+    with pytest.raises(woci.StorageError, match="larger than"):
+        woci.read_file_if_present(str(tmp_path / "big"))
+    assert woci.read_file_if_present(str(tmp_path / "fits")) == b"x" * 10
+
+
+def test_a_session_token_that_is_a_fifo_is_reported_not_waited_for(tmp_path):
+    os.mkfifo(tmp_path / "token")
+    state = woci.read_session_token(woci.SessionPaths(str(tmp_path)))
+    assert state.token is None and "not a regular file" in state.problem
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_an_unreadable_refresh_token_is_exit_2(tmp_path, kind):
+    """SPEC 9: an unreadable refresh token is a configuration error (2), not a runtime one."""
+    path = tmp_path / "refresh_token"
+    path.mkdir() if kind == "folder" else os.mkfifo(path)
+    with pytest.raises(woci.RefreshTokenError) as info:
+        store(tmp_path).load()
+    assert info.value.exit_code == 2 and str(path) in str(info.value)
+
+
+def test_manager_ini_that_is_a_fifo_is_not_waited_for(tmp_path):
+    os.mkfifo(tmp_path / "woci_manager.ini")
+    with pytest.raises(woci.ConfigError, match="not a regular file"):
+        woci.load_manager_ini([str(tmp_path / "woci_manager.ini")], explicit=True)
+    assert woci.load_manager_ini([str(tmp_path / "woci_manager.ini")], explicit=False) == \
+        (None, None)
+
+
+def test_manager_ini_line_endings_are_read_as_configparser_reads_a_file(tmp_path):
+    path = tmp_path / "woci_manager.ini"
+    path.write_bytes(b"[COMMON]\r\nscope = a\r\n[p]\rscope = b\r")
+    _, parser = woci.load_manager_ini([str(path)], explicit=True)
+    assert parser.get("COMMON", "scope") == "a" and parser.get("p", "scope") == "b"
