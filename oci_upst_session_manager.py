@@ -420,6 +420,14 @@ def shown(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def plain_text(value: object, limit: int = 300) -> str:
+    """A server's own words (an error_description) for one line of text: white space runs
+    made one space, control characters (a terminal's escape sequences) made '?', cut short."""
+    text = " ".join(str(value).split())
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def stdin_is_terminal() -> bool:
     try:
         return sys.stdin is not None and sys.stdin.isatty()
@@ -2408,13 +2416,15 @@ def _parse_oauth_answer(response, url: str, what: str, skew: float | None,
     except ValueError:
         document = None
     if not isinstance(document, dict):
-        ctype = response.headers.get("Content-Type", "no content type").split(";")[0]
+        ctype = plain_text(response.headers.get("Content-Type", "no content type").split(";")[0],
+                           80)
         raise HttpError(f"the {what} at {url} answered HTTP {response.status_code} with "
                         f"{ctype} instead of JSON; is the URL right?{note}")
     if response.status_code >= 400 or "error" in document:
         error = str(document.get("error") or f"HTTP {response.status_code}")
-        description = str(document.get("error_description") or "").strip()
-        detail = f"{error}: {description}" if description else error
+        description = plain_text(document.get("error_description") or "")
+        detail = f"{plain_text(error, 100)}: {description}" if description else \
+            plain_text(error, 100)
         raise OAuthError(f"the {what} at {url} refused the request: {detail}{note}",
                          error, response.status_code)
     return document
@@ -2859,8 +2869,8 @@ def evaluate_callback(query: Mapping[str, list[str]], expected_state: str
     if not secrets.compare_digest(state.encode(), expected_state.encode()):
         return None
     if query.get("error"):
-        error = query["error"][0]
-        description = (query.get("error_description") or [""])[0]
+        error = plain_text(query["error"][0], 100)
+        description = plain_text((query.get("error_description") or [""])[0])
         return CallbackResult(None, f"the provider refused the sign-in: {error}"
                                     + (f": {description}" if description else ""))
     code = (query.get("code") or [""])[0]

@@ -629,3 +629,27 @@ def test_a_doctor_probe_answered_with_json_nested_too_deeply_is_an_answer():
     with LocalServer([Answer(400, DEEP_JSON, {"Content-Type": "application/json"})]) as server:
         probe = woci.probe_endpoint(server.url + "/token")
     assert probe.status == 400 and probe.oauth_error is None
+
+
+def test_an_error_text_from_the_server_is_shown_on_one_line_without_control_characters():
+    """error and error_description are the server's text: a newline or an escape sequence in
+    them must not make woci's one error line several, or reach the terminal."""
+    answer = json_answer(400, {"error": "bad\nthing", "error_description": "one\r\ntwo\x1b[31m"})
+    with LocalServer([answer]) as server, pytest.raises(woci.OAuthError) as info:
+        post(server)
+    message = str(info.value)
+    assert "bad thing: one two?[31m" in message
+    assert message.isprintable() and info.value.error == "bad\nthing"
+
+
+def test_an_error_text_from_the_server_is_cut_short():
+    with LocalServer([json_answer(400, {"error": "x" * 100_000})]) as server, \
+            pytest.raises(woci.OAuthError) as info:
+        post(server)
+    assert len(str(info.value)) < 600 and str(info.value).endswith("...")
+
+
+def test_a_callback_error_is_shown_on_one_line_without_control_characters():
+    result = woci.evaluate_callback({"state": ["s"], "error": ["denied\n"],
+                                     "error_description": ["a\x1b]0;owned\x07 b"]}, "s")
+    assert result.error == "the provider refused the sign-in: denied: a?]0;owned? b"
