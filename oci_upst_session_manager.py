@@ -2409,6 +2409,12 @@ def _short_cause(exc: BaseException) -> str:
 def _parse_oauth_answer(response, url: str, what: str, skew: float | None,
                         any_success: bool = False) -> dict:
     note = clock_skew_note(skew, "the server")
+    if 300 <= response.status_code < 400:
+        # Never followed: a form holding a refresh token must not be sent on to elsewhere.
+        where = plain_text(response.headers.get("Location") or "nowhere", 200)
+        raise HttpError(f"the {what} at {url} answered HTTP {response.status_code}, a "
+                        f"redirect to {where}, which woci does not follow; set the URL it "
+                        "points to, if it is right")
     if any_success and 200 <= response.status_code < 300:
         return {}   # RFC 7009: the body of a revocation's answer means nothing
     try:

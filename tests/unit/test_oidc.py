@@ -653,3 +653,16 @@ def test_a_callback_error_is_shown_on_one_line_without_control_characters():
     result = woci.evaluate_callback({"state": ["s"], "error": ["denied\n"],
                                      "error_description": ["a\x1b]0;owned\x07 b"]}, "s")
     assert result.error == "the provider refused the sign-in: denied: a?]0;owned? b"
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_an_http_error_naming_where_it_points_even_with_json(status):
+    """woci follows no redirect (a form with a refresh token must not be resent elsewhere);
+    a 3xx with a JSON body is no answer either: one line naming the Location."""
+    answer = json_answer(status, {"access_token": "at-from-a-redirect"},
+                         Location="https://elsewhere.example/token")
+    with LocalServer([answer]) as server, pytest.raises(woci.HttpError) as info:
+        post(server)
+    assert f"HTTP {status}" in str(info.value)
+    assert "https://elsewhere.example/token" in str(info.value)
+    assert len(server.requests) == 1
