@@ -120,6 +120,10 @@ DEFAULT_LOGIN_FLOW = "browser"
 # (connect, read) seconds for every HTTP call.
 HTTP_TIMEOUT = (5.0, 30.0)
 HTTP_ATTEMPTS = 4
+# The timeouts bound each wait for a byte; these bound one whole answer. No answer woci
+# wants (a token, a discovery document) comes near the size.
+HTTP_ANSWER_MAX_SECONDS = HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1]
+HTTP_ANSWER_MAX_BYTES = 1024 * 1024
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
 RETRY_AFTER_MAX_SECONDS = 30.0
@@ -2406,7 +2410,7 @@ def _short_cause(exc: BaseException) -> str:
     return text[:200]
 
 
-def _parse_oauth_answer(response, url: str, what: str, skew: float | None,
+def _parse_oauth_answer(response, body: bytes, url: str, what: str, skew: float | None,
                         any_success: bool = False) -> dict:
     note = clock_skew_note(skew, "the server")
     if 300 <= response.status_code < 400:
@@ -2418,7 +2422,7 @@ def _parse_oauth_answer(response, url: str, what: str, skew: float | None,
     if any_success and 200 <= response.status_code < 300:
         return {}   # RFC 7009: the body of a revocation's answer means nothing
     try:
-        document = parse_json(response.content)
+        document = parse_json(body)
     except ValueError:
         document = None
     if not isinstance(document, dict):
@@ -2447,6 +2451,46 @@ def _sent_secrets(form: Mapping[str, str] | None, basic: tuple[str, str] | None)
         values.append(base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode("ascii"))
     return [variant for value in values
             for variant in (value, urllib.parse.quote_plus(value), urllib.parse.quote(value))]
+
+
+def _fetch(http, method: str, url: str, what: str, deadline: float,
+           **request_args) -> tuple[object, bytes]:
+    """One request and its whole answer (at most HTTP_ANSWER_MAX_BYTES) within deadline
+    seconds. requests' read timeout bounds each wait for a byte, so a server or proxy that
+    sends one now and then would hold woci for ever: the request runs in a thread, left
+    behind when the deadline passes (its own read timeout ends it)."""
+    import threading
+
+    import requests
+
+    outcome: list = []
+
+    def fetch() -> None:
+        try:
+            response = http.request(method, url, stream=True, **request_args)
+            try:
+                body = bytearray()
+                for chunk in response.iter_content(64 * 1024):
+                    body += chunk
+                    if len(body) > HTTP_ANSWER_MAX_BYTES:
+                        raise HttpError(f"the {what} at {url} answered with more than "
+                                        f"{HTTP_ANSWER_MAX_BYTES} bytes; is the URL right?")
+            except BaseException:
+                response.close()
+                raise
+            outcome.append((response, bytes(body)))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            outcome.append(exc)
+
+    worker = threading.Thread(target=fetch, name="woci-http", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if not outcome:
+        raise requests.exceptions.Timeout(f"no complete answer within "
+                                          f"{format_duration(deadline)}")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def open_http():
@@ -2479,8 +2523,9 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
             if attempt:
                 log().info("retrying %s (%s)", what, last_problem)
             try:
-                response = http.request(
-                    method, url, data=dict(form) if form is not None else None,
+                response, body = _fetch(
+                    http, method, url, what, HTTP_ANSWER_MAX_SECONDS,
+                    data=dict(form) if form is not None else None,
                     timeout=HTTP_TIMEOUT, headers={"Accept": "application/json"},
                     auth=basic if basic else _no_netrc, allow_redirects=False, **tls)
             except requests.exceptions.SSLError as exc:
@@ -2501,7 +2546,7 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                 skew = clock_skew_seconds(response.headers.get("Date"), now())
                 log().debug("%s answered HTTP %s", what, response.status_code)
                 if response.status_code not in RETRYABLE_STATUSES:
-                    return _parse_oauth_answer(response, url, what, skew, any_success)
+                    return _parse_oauth_answer(response, body, url, what, skew, any_success)
                 last_problem = f"HTTP {response.status_code}"
                 retry_after = response.headers.get("Retry-After")
             if attempt + 1 < HTTP_ATTEMPTS:
@@ -2808,17 +2853,21 @@ def probe_endpoint(url: str, ca_bundle: str | None = None,
     import requests
 
     tls = {"verify": ca_bundle} if ca_bundle else {}
+    deadline = min(HTTP_ANSWER_MAX_SECONDS, sum(PROBE_TIMEOUT))
     try:
         with requests.Session() as session:
-            response = session.post(url, data={}, timeout=PROBE_TIMEOUT, auth=_no_netrc,
+            response, body = _fetch(session, "POST", url, "endpoint", deadline, data={},
+                                    timeout=PROBE_TIMEOUT, auth=_no_netrc,
                                     headers={"Accept": "application/json"},
                                     allow_redirects=False, **tls)
     except requests.exceptions.SSLError as exc:
         return Probe(None, "", None, None, f"TLS failure: {_short_cause(exc)}")
     except requests.exceptions.RequestException as exc:
         return Probe(None, "", None, None, _short_cause(exc))
+    except HttpError as exc:
+        return Probe(None, "", None, None, str(exc))
     try:
-        document = parse_json(response.content)
+        document = parse_json(body)
     except ValueError:
         document = None
     error = document.get("error") if isinstance(document, dict) else None

@@ -18,6 +18,7 @@ from tests.unit.fakes import (
     NO_PROXY,
     Answer,
     LocalServer,
+    SlowServer,
     free_port,
     json_answer,
     make_settings,
@@ -666,3 +667,45 @@ def test_a_redirect_is_an_http_error_naming_where_it_points_even_with_json(statu
     assert f"HTTP {status}" in str(info.value)
     assert "https://elsewhere.example/token" in str(info.value)
     assert len(server.requests) == 1
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+
+
+@pytest.mark.parametrize("script", [
+    [HEAD] + [b" "] * 200,                                    # the body a byte at a time
+    [b"HTTP/1.1 200 OK\r\n"] + [b"X-Slow: yes\r\n"] * 200,    # the headers a line at a time
+], ids=["body", "headers"])
+def test_an_answer_that_trickles_in_is_cut_off_at_a_deadline(monkeypatch, script):
+    """The read timeout bounds each wait for a byte, not the answer: a server (or proxy)
+    sending a byte now and then would hold woci for ever. The whole answer has a deadline,
+    retried like a timeout, then HttpError."""
+    monkeypatch.setattr(woci, "HTTP_ANSWER_MAX_SECONDS", 0.5)
+    monkeypatch.setattr(woci, "HTTP_ATTEMPTS", 2)
+    with SlowServer(script, pause=0.1) as server:
+        started = time.monotonic()
+        with pytest.raises(woci.HttpError) as info:
+            woci.post_form(server.url + "/token", {"a": "1"}, "token endpoint",
+                           sleep=Sleeps(), jitter=lambda: 0.0)
+        took = time.monotonic() - started
+    assert took < 5, took
+    assert "failed 2 times" in str(info.value) and "no complete answer within" in str(info.value)
+    assert server.connections == 2
+
+
+def test_an_answer_larger_than_the_limit_is_an_http_error(monkeypatch):
+    monkeypatch.setattr(woci, "HTTP_ANSWER_MAX_BYTES", 1000)
+    body = {"access_token": "a" * 2000}
+    with LocalServer([json_answer(200, body)]) as server, \
+            pytest.raises(woci.HttpError, match="more than 1000 bytes"):
+        post(server)
+    assert len(server.requests) == 1
+
+
+def test_a_doctor_probe_of_a_server_that_trickles_is_cut_off(monkeypatch):
+    monkeypatch.setattr(woci, "HTTP_ANSWER_MAX_SECONDS", 0.5)
+    with SlowServer([HEAD] + [b" "] * 200, pause=0.1) as server:
+        started = time.monotonic()
+        probe = woci.probe_endpoint(server.url + "/token")
+    assert time.monotonic() - started < 3
+    assert probe.status is None and "no complete answer within" in probe.problem
