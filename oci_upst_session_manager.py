@@ -3786,18 +3786,28 @@ class Renewer:
             except FATAL_IN_BACKGROUND:
                 raise
             except WociError as exc:
-                self.failures += 1
-                self.last = RenewalRecord(self.now(), False, str(exc))
-                delay = min(BACKGROUND_RETRY_MAX_SECONDS,
-                            BACKGROUND_RETRY_FIRST_SECONDS * 2 ** (self.failures - 1))
-                log().warning("renewal failed, retrying in %s: %s", format_duration(delay), exc)
-                return delay
+                return self.back_off(str(exc))
+            if state.expires_at is None or state.expires_at - self.now() <= lead:
+                # Renewing again at once would spend a grant and an exchange in a loop.
+                return self.back_off(
+                    f"the new session token is due for renewal again at once (valid until "
+                    f"{format_timestamp(state.expires_at or 0)}): it lives less than "
+                    "refresh_safety_window, or this machine's clock is off")
             self.failures = 0
             valid_until = format_timestamp(state.expires_at or 0)
             self.last = RenewalRecord(self.now(), True, f"valid until {valid_until}")
             log().info("session of profile %s valid until %s", self.session.settings.profile,
                      valid_until)
         return max(0.0, min(self.next_due(state) - self.now(), BACKGROUND_MAX_SLEEP_SECONDS))
+
+    def back_off(self, problem: str) -> float:
+        """Record a failed renewal; the seconds to wait before the next try (doubling)."""
+        self.failures += 1
+        self.last = RenewalRecord(self.now(), False, problem)
+        delay = min(BACKGROUND_RETRY_MAX_SECONDS,
+                    BACKGROUND_RETRY_FIRST_SECONDS * 2 ** (self.failures - 1))
+        log().warning("renewal failed, retrying in %s: %s", format_duration(delay), problem)
+        return delay
 
     def next_due(self, state: TokenState) -> float:
         if state.expires_at is None:

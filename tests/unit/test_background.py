@@ -273,3 +273,26 @@ def test_renewal_lead_ignores_an_iat_that_is_no_time(iat):
     token = "e30." + part.decode().rstrip("=") + ".sig"
     state = woci.TokenState(token, 2_000_000_000, None)
     assert woci.renewal_lead(state, 600) == 600
+
+
+@pytest.mark.parametrize("upst_claims", [
+    lambda now: {"exp": now + 100},                 # no iat: the whole window is the lead
+    lambda now: {"iat": now - 7200, "exp": now - 3600},   # this clock is two hours ahead
+], ids=["shorter-than-the-window", "already-expired"])
+def test_a_renewal_whose_token_is_due_at_once_backs_off_instead_of_renewing_in_a_loop(
+        clock, upst_claims, caplog):
+    """A new UPST that is due for renewal the moment it arrives (it lives less than the
+    safety window, or the clock is off) must not make the background renew again at once,
+    and again: each try spends a refresh grant and an exchange. It backs off like a failure."""
+    now = int(clock())
+
+    def part(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    short = f"{part({'alg': 'none'})}.{part(upst_claims(now))}.sig"
+    r = renewer(clock, make_token(now - 3500, now + 10), [short, short, short])
+    waits = [r.step(), r.step(), r.step()]
+    assert waits == [5, 10, 20]
+    assert len(r.ensure.calls) == 3
+    assert r.last.ok is False and "due for renewal again at once" in r.last.message
+    assert "refresh_safety_window" in caplog.text
