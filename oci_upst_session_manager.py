@@ -3974,7 +3974,8 @@ class PidFile:
             text = os.read(fd, 64).decode("ascii", "replace").strip()
         finally:
             os.close(fd)
-        if not (text.isascii() and text.isdigit() and int(text) > 0):
+        # Linux pids stay below 2**22; os.kill of a number beyond pid_t raises OverflowError.
+        if not (text.isascii() and text.isdigit() and 0 < int(text) < 2 ** 31):
             raise DaemonError(f"a process holds the daemon's pid file {self.path} but the file "
                               "names no pid; find it with `fuser` and stop it by hand")
         return int(text)

@@ -296,3 +296,32 @@ def test_a_renewal_whose_token_is_due_at_once_backs_off_instead_of_renewing_in_a
     assert len(r.ensure.calls) == 3
     assert r.last.ok is False and "due for renewal again at once" in r.last.message
     assert "refresh_safety_window" in caplog.text
+
+
+def _hold_file_naming(path, text, ready, release):
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, text.encode())
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    ready.set()
+    release.wait(10)
+    os.close(fd)
+
+
+@pytest.mark.parametrize("text", ["9" * 60, "99999999999\n"], ids=["60-digits", "beyond-pid_t"])
+def test_a_held_pid_file_naming_a_pid_no_process_can_have_names_no_pid(tmp_path, text):
+    """os.kill of such a number raises OverflowError: --stop-daemon must say the file names
+    no pid instead, and signal nothing."""
+    path = tmp_path / "woci_refresh.pid"
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold_file_naming, args=(str(path), text, ready,
+                                                                     release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(woci.DaemonError, match="names no pid"):
+            woci.PidFile(str(path)).holder()
+    finally:
+        release.set()
+        holder.join(10)
