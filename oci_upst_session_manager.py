@@ -108,6 +108,8 @@ DEFAULT_REDIRECT_PORT = 8181
 DEFAULT_REDIRECT_PATH = "/callback"
 DEFAULT_LOGIN_TIMEOUT = 300
 DEFAULT_REFRESH_SAFETY_WINDOW = 600
+# No sign-in waits, and no UPST lives, longer; threading and select refuse waits of ~1e10 s.
+SETTING_SECONDS_MAX = 24 * 3600
 DEFAULT_LOG_LEVEL = "WARNING"
 DEFAULT_PROFILE = "DEFAULT"
 # configparser's booleans (ConfigParser.BOOLEAN_STATES), here so reading one costs no import.
@@ -1111,9 +1113,9 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
             seconds = float(text)
         except ValueError:
             seconds = -1.0
-        if not seconds > 0 or seconds != seconds or seconds == float("inf"):
-            raise ConfigError(f"{key} in {where} must be a positive number of seconds, "
-                              f"not {text!r}")
+        if not 0 < seconds <= SETTING_SECONDS_MAX:   # NaN too
+            raise ConfigError(f"{key} in {where} must be a positive number of seconds, at most "
+                              f"{SETTING_SECONDS_MAX}, not {text!r}")
         return seconds
     if kind == "storage":
         if text.lower() not in REFRESH_TOKEN_STORAGES:

@@ -568,3 +568,19 @@ def test_issuer_and_login_flow_after_the_oci_command_belong_to_oci():
     cmd = split(["--issuer", "https://idp.example", "iam", "x", "--issuer", "y"])
     assert cmd.woci == {"issuer": "https://idp.example"}
     assert cmd.oci_args == ["iam", "x", "--issuer", "y"]
+
+
+# --- absurd values -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, ini_extra", [
+    (["--login-timeout", "1e10"], ""),
+    ([], "login_timeout = 1e300\n"),
+    (["--refresh-safety-window", "1e300"], ""),
+], ids=["login-timeout-flag", "login-timeout-ini", "safety-window"])
+def test_seconds_beyond_a_day_are_configuration_errors(argv, ini_extra):
+    """A wait of 1e10 s is beyond what threading and select accept (OverflowError at the
+    sign-in); no sign-in waits, and no UPST lives, longer than a day."""
+    with pytest.raises(woci.ConfigError, match="positive number of seconds, at most 86400"):
+        settings_from(argv, REQUIRED_INI + ini_extra)
+    assert settings_from(["--login-timeout", "86400"]).login_timeout == 86400
