@@ -3109,7 +3109,11 @@ def authorization_url(settings: Settings, redirect_uri: str, state: str, challen
     if settings.prompt:
         params["prompt"] = settings.prompt
     assert settings.authz_base_url is not None   # resolve_endpoints saw to it
-    return add_query(settings.authz_base_url, params)
+    try:
+        return add_query(settings.authz_base_url, params)
+    except ValueError as exc:   # urlsplit: an unclosed IPv6 bracket, a host that is none
+        raise ConfigError(f"authz_base_url {settings.authz_base_url!r} is not a usable URL: "
+                          f"{exc}") from exc
 
 
 def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] | None = None
