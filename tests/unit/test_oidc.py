@@ -709,3 +709,21 @@ def test_a_doctor_probe_of_a_server_that_trickles_is_cut_off(monkeypatch):
         probe = woci.probe_endpoint(server.url + "/token")
     assert time.monotonic() - started < 3
     assert probe.status is None and "no complete answer within" in probe.problem
+
+
+def test_a_request_the_callback_cannot_handle_prints_no_traceback(callback, capfd):
+    """A request target urlsplit cannot parse (any local program can send one) made
+    socketserver print a traceback on woci's stderr in the middle of the sign-in; the wait
+    goes on and the browser's answer still ends it."""
+    def stray_then_browser():
+        with socket.create_connection(callback.server_address, timeout=5) as stray:
+            stray.sendall(b"GET http://[x/callback HTTP/1.1\r\nHost: x\r\n\r\n")
+            stray.recv(100)
+        get(callback.base + "/callback?state=st8&code=c0de")
+
+    thread = threading.Thread(target=stray_then_browser, daemon=True)
+    thread.start()
+    result = woci.wait_for_callback(callback, 10)
+    thread.join(timeout=10)
+    assert result.code == "c0de"
+    assert "Traceback" not in capfd.readouterr().err
