@@ -1015,8 +1015,10 @@ class Settings(collections.namedtuple("Settings",
 
 def resolve_profile(cmd: CommandLine, environ: Mapping[str, str]) -> str:
     profile = cmd.oci_options.get("profile") or environ.get("OCI_CLI_PROFILE") or DEFAULT_PROFILE
-    if "/" in profile or profile in (".", "..") or "\x00" in profile:
-        raise ConfigError(f"profile name {profile!r} cannot be a folder name")
+    # A control character (a line break) would also split the profile's section header.
+    if "/" in profile or profile in (".", "..") or not profile.isprintable():
+        raise ConfigError(f"profile name {profile!r} cannot be a folder name (or an OCI config "
+                          "section): no '/', no control characters")
     return profile
 
 
@@ -1188,6 +1190,11 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
     for key in REQUIRED_KEYS:
         values.setdefault(key, "")     # only the session tools (required=()) get here
     values.setdefault("token_exchange_url", values["token_url"])
+    for name, region in (("region", values.get("region")),
+                         ("--region", cmd.oci_options.get("region"))):
+        if isinstance(region, str) and not region.isprintable():
+            raise ConfigError(f"{name} {region!r} holds a line break or a control character; "
+                              "it is written to the OCI config as one line")
     fields = set(Settings._fields)
     return Settings(
         profile=profile,
@@ -1972,6 +1979,10 @@ def _section_bounds(lines: list[str], profile: str) -> tuple[int, int] | None:
 
 def upsert_profile(text: str | None, profile: str, values: Mapping[str, str]) -> str:
     """The config text with the profile's keys set; every other byte stays as it was."""
+    for what in (profile, *values.values()):
+        if "\n" in what or "\r" in what:   # where configparser splits lines
+            raise ConfigError(f"cannot write {what!r} to the OCI config of profile "
+                              f"{profile!r}: it holds a line break")
     newline = "\r\n" if text and "\r\n" in text else "\n"
     lines = split_config_lines(text or "")
     bounds = _section_bounds(lines, profile)
@@ -3452,6 +3463,11 @@ def check_upst(upst: str, key, url: str, now: float) -> None:
         raise ExchangeError(f"{unusable} ({exc}); nothing was saved") from exc
     if exp > now + UPST_MAX_LIFETIME_SECONDS:
         raise ExchangeError(f"{unusable} (its exp lies more than a day ahead); nothing was saved")
+    tenant = claims.get("tenant")
+    if isinstance(tenant, str) and not tenant.isprintable():
+        # It becomes the profile's tenancy line: a line break would write other lines.
+        raise ExchangeError(f"{unusable} (its tenant claim holds a line break or a control "
+                            "character); nothing was saved")
     jwk = claims.get("jwk")
     if jwk is None:
         return

@@ -197,3 +197,13 @@ def test_upst_with_an_exp_no_float_can_hold_is_refused(oci, key, exp):
     oci.exchange_answer = json_answer(200, {"token": unsigned_jwt({"exp": exp})})
     with pytest.raises(woci.ExchangeError, match="unusable token"):
         woci.request_upst(oci.settings(), "at", key)
+
+
+@pytest.mark.parametrize("tenant", ["ocid1.tenancy\n[DEFAULT]\nkey_file=/etc/passwd", "t\r"])
+def test_upst_whose_tenant_would_break_the_oci_config_is_refused(oci, key, tenant):
+    """The tenant claim becomes the profile's tenancy line: a line break in it would let
+    the exchange write sections and keys into the user's OCI config. Nothing is saved."""
+    der = woci.public_key_der(key)
+    oci.exchange_answer = json_answer(200, {"token": oci.mint_upst(der, tenant=tenant)})
+    with pytest.raises(woci.ExchangeError, match="tenant"):
+        woci.request_upst(oci.settings(), "at", key)

@@ -584,3 +584,24 @@ def test_seconds_beyond_a_day_are_configuration_errors(argv, ini_extra):
     with pytest.raises(woci.ConfigError, match="positive number of seconds, at most 86400"):
         settings_from(argv, REQUIRED_INI + ini_extra)
     assert settings_from(["--login-timeout", "86400"]).login_timeout == 86400
+
+
+@pytest.mark.parametrize("argv, environ", [
+    (["--profile", "dev\n[DEFAULT]"], {}),
+    ([], {"OCI_CLI_PROFILE": "dev\rx"}),
+    (["--profile", "dev\u2028x"], {}),
+], ids=["newline", "carriage-return", "line-separator"])
+def test_a_profile_name_with_a_line_break_is_a_configuration_error(argv, environ):
+    """Written as a section header, it would split into two lines: an OCI config no
+    configparser (no oci) can read any more, or keys written into another section."""
+    with pytest.raises(woci.ConfigError, match="profile name"):
+        settings_from(argv, environ={"HOME": "/home/u", **environ})
+
+
+@pytest.mark.parametrize("argv, ini_extra", [
+    ([], "region = us-ashburn-1\n  [evil]\n"),
+    (["--region", "us-ashburn-1\n[evil]"], ""),
+], ids=["ini-continuation", "flag"])
+def test_a_region_with_a_line_break_is_a_configuration_error(argv, ini_extra):
+    with pytest.raises(woci.ConfigError, match="region"):
+        settings_from(argv, REQUIRED_INI + ini_extra)

@@ -945,3 +945,16 @@ def test_manager_ini_line_endings_are_read_as_configparser_reads_a_file(tmp_path
     path.write_bytes(b"[COMMON]\r\nscope = a\r\n[p]\rscope = b\r")
     _, parser = woci.load_manager_ini([str(path)], explicit=True)
     assert parser.get("COMMON", "scope") == "a" and parser.get("p", "scope") == "b"
+
+
+@pytest.mark.parametrize("profile, values", [
+    ("dev", {"tenancy": "ocid1\n[DEFAULT]\nkey_file=/etc/passwd"}),
+    ("dev", {"region": "r\r"}),
+    ("dev\n[DEFAULT]", {"region": "r"}),
+], ids=["value-newline", "value-carriage-return", "profile-newline"])
+def test_upsert_refuses_a_line_break_that_would_rewrite_the_file(profile, values):
+    """The last guard of the user's OCI config: a line break in a value or the profile name
+    would make lines (a section, a key) woci never meant to write."""
+    text = "[DEFAULT]\nregion = us-ashburn-1\n"
+    with pytest.raises(woci.ConfigError, match="line break"):
+        woci.upsert_profile(text, profile, values)
