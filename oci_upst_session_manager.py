@@ -1689,6 +1689,13 @@ def drop_keyring_item(marker: str, fallback: KeyringItem, backend) -> None:
     remove_if_present(marker)
 
 
+def is_storable_refresh_token(token: str) -> bool:
+    """A token the plain file holds and gives back as it was: printable ASCII, no white
+    space (the file is the token alone)."""
+    return bool(token) and token.isascii() and \
+        not any(ch.isspace() or not ch.isprintable() for ch in token)
+
+
 class RefreshTokenStore:
     """The refresh token on disk: plain text, or encrypted JSON when a passphrase is set.
 
@@ -1749,7 +1756,7 @@ class RefreshTokenStore:
             token = raw.decode("ascii").strip()
         except UnicodeDecodeError:
             token = ""
-        if not token or any(ch.isspace() or not ch.isprintable() for ch in token):
+        if not is_storable_refresh_token(token):
             raise RefreshTokenError(f"the refresh token file {self.path} is damaged (empty or "
                                     "not text); sign in again with `woci session authenticate` "
                                     "to replace it")
@@ -1901,7 +1908,7 @@ def stored_refresh_token(paths: SessionPaths) -> StoredRefreshToken:
         except UnicodeDecodeError:
             text = ""
         # The test RefreshTokenStore.load applies: what it would refuse is no refresh token.
-        if not text or any(ch.isspace() or not ch.isprintable() for ch in text):
+        if not is_storable_refresh_token(text):
             return StoredRefreshToken("file", None, True)
         return StoredRefreshToken("file", jwt_expiry_or_none(text))
     if os.path.exists(paths.keyring_marker):
@@ -2615,7 +2622,15 @@ def _token_response(document: dict, url: str) -> TokenResponse:
     if not isinstance(access_token, str) or not access_token:
         raise AuthError(f"the token endpoint at {url} answered without an access_token")
     refresh = document.get("refresh_token")
-    return TokenResponse(access_token, refresh if isinstance(refresh, str) and refresh else None)
+    if not isinstance(refresh, str) or not refresh:
+        refresh = None
+    elif not is_storable_refresh_token(refresh):
+        # Saved, it would read back as a damaged file (exit 2) at every later run.
+        log().warning("the token endpoint at %s issued a refresh token woci cannot store (it is "
+                      "not printable ASCII without white space); the next renewal will need a "
+                      "sign-in", url)
+        refresh = None
+    return TokenResponse(access_token, refresh)
 
 
 def redeem_code(settings: Settings, code: str, verifier: str,

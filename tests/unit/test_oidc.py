@@ -727,3 +727,15 @@ def test_a_request_the_callback_cannot_handle_prints_no_traceback(callback, capf
     thread.join(timeout=10)
     assert result.code == "c0de"
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("refresh", ["rt-2\n[x]", "rt 2", "rt-\u00e9", "rt-\x1b"],
+                         ids=["newline", "space", "non-ascii", "escape"])
+def test_a_refresh_token_the_store_could_not_read_back_is_not_taken(refresh, caplog):
+    """Saved, it would make the refresh token file 'damaged' (exit 2) at the next run, and
+    the session lost for good: it is dropped with a warning (the next renewal signs in)."""
+    with LocalServer([json_answer(200, {"access_token": "at-1", "refresh_token": refresh})]) \
+            as server:
+        tokens = woci.refresh_grant(make_settings(token_url=server.url + "/token"), "rt-1")
+    assert tokens == ("at-1", None)
+    assert "cannot store" in caplog.text and refresh not in caplog.text
