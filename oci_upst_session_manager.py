@@ -2724,9 +2724,8 @@ def read_discovery_cache(path: str, issuer: str, now: float) -> CachedDiscovery 
         return None
     if not isinstance(document, dict) or document.get("issuer") != issuer:
         return None
-    fetched, endpoints = document.get("fetched_at"), document.get("endpoints")
-    if (not isinstance(fetched, (int, float)) or isinstance(fetched, bool)
-            or not isinstance(endpoints, dict) or fetched != fetched):
+    fetched, endpoints = epoch_or_none(document.get("fetched_at")), document.get("endpoints")
+    if fetched is None or not isinstance(endpoints, dict):
         return None
     if not all(isinstance(value, str) and is_http_url(value)
                and endpoint_fits_issuer(value, issuer) for value in endpoints.values()):
