@@ -4100,11 +4100,15 @@ def _leave_working_folder() -> None:
     os.chdir("/")   # never keep a user's folder (or its mount) busy
 
 
+def _open_daemon_log(log_path: str) -> int:
+    return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+
+
 def _redirect_stdio(log_path: str) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    log = _open_daemon_log(log_path)
     try:
         os.fchmod(log, 0o600)   # one left open to others (by hand, or before umask 077)
     except OSError:
@@ -4206,6 +4210,11 @@ def _read_with_deadline(fd: int, timeout: float) -> str:
 
 def start_daemon(renewer: Renewer, paths: SessionPaths) -> int:
     """Double fork; the parent returns the daemon's pid once its pid file is locked."""
+    try:   # here, not in the child: it has no terminal to say so on once it could tell
+        os.close(_open_daemon_log(paths.daemon_log))
+    except OSError as exc:
+        raise DaemonError(f"cannot open the daemon log {paths.daemon_log}: "
+                          f"{describe_os_error(exc)}") from exc
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -325,3 +325,17 @@ def test_a_held_pid_file_naming_a_pid_no_process_can_have_names_no_pid(tmp_path,
     finally:
         release.set()
         holder.join(10)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder"])
+def test_a_daemon_log_that_cannot_be_opened_is_one_line_from_the_parent(tmp_path, kind,
+                                                                        monkeypatch):
+    """The detached child found out first, and printed its traceback on the user's terminal
+    before its stdio was redirected, then the parent said 'see <a log that cannot exist>'.
+    The parent now finds out before it forks."""
+    paths = woci.SessionPaths(str(tmp_path))
+    log_path = Path(paths.daemon_log)
+    log_path.symlink_to(tmp_path / "elsewhere") if kind == "symlink" else log_path.mkdir()
+    monkeypatch.setattr(woci.os, "fork", lambda: pytest.fail("forked"))
+    with pytest.raises(woci.DaemonError, match="cannot open the daemon log"):
+        woci.start_daemon(None, paths)
