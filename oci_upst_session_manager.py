@@ -2384,12 +2384,12 @@ def store_credential(paths: SessionPaths, key: list[str], output: bytes) -> None
 
 def clear_credential_cache(paths: SessionPaths) -> bool:
     """Forget every cached OKE credential of the profile (a new sign-in, a logout); True
-    when there was a cache. A symlink in its place is removed, never followed."""
+    when there was a cache. A symlink (or a file) in its place is removed, never followed."""
     import shutil
 
     folder = paths.credential_cache
     try:
-        if os.path.islink(folder):
+        if os.path.islink(folder) or not os.path.isdir(folder):
             os.unlink(folder)
         else:
             shutil.rmtree(folder)

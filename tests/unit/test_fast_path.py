@@ -372,3 +372,14 @@ def test_a_fifo_for_the_oci_config_or_the_manager_ini_goes_the_full_way_at_once(
     (home / ".oci" / name).unlink()
     os.mkfifo(home / ".oci" / name)
     assert answer(home, "--profile", "dev", "os", "ns", "get") is None
+
+
+def test_a_file_where_the_cache_folder_should_be_is_removed_not_a_failed_sign_in(home):
+    """clear_credential_cache runs in every sign-in: a stray file in the folder's place
+    made it fail (rmtree of a file) after the refresh token was stored."""
+    paths = woci.SessionPaths.for_profile("dev", {"HOME": str(home)})
+    Path(paths.credential_cache).write_text("not a folder")
+    assert woci.clear_credential_cache(paths) is True
+    assert not os.path.lexists(paths.credential_cache)
+    store(home, credential(time.time() + 240))   # and the cache works again
+    assert answer(home, *OKE_ARGS, now=time.time()) is not None
