@@ -1644,7 +1644,8 @@ class KeyringItem(collections.namedtuple("KeyringItem", "service username")):
             document = parse_json(read_file_if_present(path) or b"null")
         except (StorageError, ValueError):
             return None
-        if isinstance(document, dict) and isinstance(document.get("service"), str) and \
+        # Only woci's own service: another program's item must never be read or deleted.
+        if isinstance(document, dict) and document.get("service") == KEYRING_SERVICE and \
                 isinstance(document.get("username"), str):
             return cls(document["service"], document["username"])
         return None

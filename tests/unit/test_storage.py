@@ -958,3 +958,14 @@ def test_upsert_refuses_a_line_break_that_would_rewrite_the_file(profile, values
     text = "[DEFAULT]\nregion = us-ashburn-1\n"
     with pytest.raises(woci.ConfigError, match="line break"):
         woci.upsert_profile(text, profile, values)
+
+
+def test_a_keyring_marker_naming_another_programs_item_names_none(tmp_path):
+    """A marker edited (or damaged) to name another service's item would have woci send that
+    secret to the provider as a refresh token, and --logout delete it: only woci's own
+    service is taken."""
+    marker = tmp_path / "refresh_token.keyring"
+    marker.write_text(json.dumps({"service": "github.com", "username": "me"}))
+    assert woci.KeyringItem.read_marker(str(marker)) is None
+    marker.write_text(json.dumps({"service": "woci", "username": "/x/config [p]"}))
+    assert woci.KeyringItem.read_marker(str(marker)) == ("woci", "/x/config [p]")
