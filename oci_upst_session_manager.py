@@ -222,6 +222,8 @@ COMMON_SECTION = "COMMON"
 # No file woci reads comes near this size; a bigger one is not what woci or oci wrote (a link
 # to a log, or to /dev/zero, which never ends).
 FILE_MAX_BYTES = 4 * 1024 * 1024
+# A write takes milliseconds: a temporary file of woci's this old was left by a killed woci.
+STALE_TEMP_FILE_SECONDS = 600
 # configparser treats its default section as a base for all others; the manager INI's
 # [DEFAULT] is an ordinary section (the one for profile DEFAULT), so the base gets a name
 # no one uses.
@@ -1338,10 +1340,26 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def _remove_stale_temporary_files(folder: str, name: str) -> None:
+    """What atomic_write of name left when it was killed before its rename (a copy of a
+    token, say): mkstemp's names, .<name>.<8 characters>.tmp, old enough to be no one's."""
+    prefix, now = f".{name}.", time.time()
+    try:
+        for entry in os.scandir(folder):
+            if entry.name.startswith(prefix) and entry.name.endswith(".tmp") and \
+                    len(entry.name) == len(prefix) + 12 and entry.is_file(follow_symlinks=False) \
+                    and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_FILE_SECONDS:
+                os.unlink(entry.path)
+    except OSError:
+        pass   # only tidying: the write itself decides
+
+
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     """Write via a temporary file in the same folder, fsync, rename: readers see old or new."""
     folder = os.path.dirname(path) or "."
     import tempfile
+
+    _remove_stale_temporary_files(folder, os.path.basename(path))
 
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",

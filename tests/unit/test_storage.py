@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -969,3 +970,20 @@ def test_a_keyring_marker_naming_another_programs_item_names_none(tmp_path):
     assert woci.KeyringItem.read_marker(str(marker)) is None
     marker.write_text(json.dumps({"service": "woci", "username": "/x/config [p]"}))
     assert woci.KeyringItem.read_marker(str(marker)) == ("woci", "/x/config [p]")
+
+
+def test_atomic_write_removes_what_a_write_killed_before_its_rename_left(tmp_path):
+    """A woci killed between mkstemp and rename leaves a temporary copy (a token, a refresh
+    token) behind for good; the next write of that file removes old ones, never another
+    writer's fresh one or anything not named like woci's."""
+    target = tmp_path / "token"
+    stale, fresh = tmp_path / ".token.abcd1234.tmp", tmp_path / ".token.efgh5678.tmp"
+    other = tmp_path / ".token.someone-else.tmp"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"half a tok")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    woci.atomic_write(str(target), b"new")
+    assert sorted(os.listdir(tmp_path)) == sorted([".token.efgh5678.tmp", ".token.someone-else.tmp",
+                                                   "token"])
