@@ -1181,9 +1181,12 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
     if ports:
         values["redirect_port"], values["redirect_ports"] = ports[0], ports
     redirect_path = str(values.get("redirect_path", DEFAULT_REDIRECT_PATH))
-    if not redirect_path.startswith("/"):
-        raise ConfigError(f"redirect_path in {ini_where} must start with '/', "
-                          f"not {redirect_path!r}")
+    # The callback compares the request's path with it: a query, a fragment or white space
+    # in it would match no browser's request.
+    if not redirect_path.startswith("/") or not redirect_path.isprintable() or \
+            any(ch in redirect_path for ch in "?# "):
+        raise ConfigError(f"redirect_path in {ini_where} must start with '/', and hold no "
+                          f"'?', '#' or white space, not {redirect_path!r}")
     # Any source saying "not interactive" wins: an INI saying true must not make CI wait.
     interactive = bool(values.pop("interactive", True)) and not env_flag_is_true(
         environ.get("CI"))

@@ -605,3 +605,12 @@ def test_a_profile_name_with_a_line_break_is_a_configuration_error(argv, environ
 def test_a_region_with_a_line_break_is_a_configuration_error(argv, ini_extra):
     with pytest.raises(woci.ConfigError, match="region"):
         settings_from(argv, REQUIRED_INI + ini_extra)
+
+
+@pytest.mark.parametrize("path", ["/callback?from=woci", "/call back", "/callback#x", "/cb\x7fx"])
+def test_a_redirect_path_the_callback_could_never_match_is_a_configuration_error(path):
+    """The callback compares the request's path with redirect_path: with a query, a
+    fragment or white space in it no browser's request matches, and every sign-in would
+    wait out login_timeout."""
+    with pytest.raises(woci.ConfigError, match="redirect_path"):
+        settings_from([], REQUIRED_INI + f"redirect_path = {path}\n")
