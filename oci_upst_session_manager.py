@@ -4420,10 +4420,10 @@ def status_text(report: StatusReport, now: float) -> str:
     else:
         daemon_line = "not running"
     lines = [f"profile: {doc['profile']}", f"session: {line}"]
-    if session["subject"]:
-        lines.append(f"subject: {session['subject']}")
+    if session["subject"]:   # the token's words: no escape sequence reaches the terminal
+        lines.append(f"subject: {plain_text(session['subject'])}")
     if session["tenancy"]:
-        lines.append(f"tenancy: {session['tenancy']}")
+        lines.append(f"tenancy: {plain_text(session['tenancy'])}")
     lines += [f"refresh token: {stored}", f"daemon: {daemon_line}"]
     return "\n".join(lines) + "\n"
 

@@ -353,3 +353,13 @@ def test_a_folder_named_like_the_keyring_marker_is_one_error_line(tmp_path, caps
     with pytest.raises(woci.StorageError, match="Is a directory"):
         store.settle()
     assert "the keyring item" not in woci.logout(settings, {"HOME": str(tmp_path)})
+
+
+def test_status_text_shows_a_subject_with_control_characters_harmlessly(tmp_path):
+    """The subject comes from OCI's token: an escape sequence in it must not reach the
+    terminal, a newline must not add a line to the report."""
+    paths = session_folder(tmp_path, {"exp": NOW + 600, "sub": "me\n\x1b]0;owned\x07",
+                                      "tenant": "ocid1.tenancy\x1b[2J"})
+    text = woci.status_text(woci.session_status(paths, "p", NOW), NOW)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "subject: me ?]0;owned?\n" in text and "tenancy: ocid1.tenancy?[2J\n" in text
