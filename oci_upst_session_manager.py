@@ -2920,9 +2920,9 @@ def probe_endpoint(url: str, ca_bundle: str | None = None,
     except ValueError:
         document = None
     error = document.get("error") if isinstance(document, dict) else None
-    return Probe(response.status_code,
-                 response.headers.get("Content-Type", "").split(";")[0].strip(),
-                 str(error) if error else None,
+    return Probe(response.status_code,   # the server's words, shown on one line each
+                 plain_text(response.headers.get("Content-Type", "").split(";")[0].strip(), 80),
+                 plain_text(error, 100) if error else None,
                  clock_skew_seconds(response.headers.get("Date"), now()), None)
 
 

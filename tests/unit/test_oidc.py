@@ -2,6 +2,7 @@
 browser sign-in, against real local HTTP servers."""
 
 import base64
+import json
 import logging
 import socket
 import struct
@@ -739,3 +740,13 @@ def test_a_refresh_token_the_store_could_not_read_back_is_not_taken(refresh, cap
         tokens = woci.refresh_grant(make_settings(token_url=server.url + "/token"), "rt-1")
     assert tokens == ("at-1", None)
     assert "cannot store" in caplog.text and refresh not in caplog.text
+
+
+def test_a_doctor_probe_keeps_the_servers_words_to_one_plain_line():
+    """--doctor prints the probe's error and content type on one line each."""
+    answer = Answer(400, json.dumps({"error": "invalid_client\n\x1b[2Jowned"}),
+                    {"Content-Type": "application/json\x1b[31m"})
+    with LocalServer([answer]) as server:
+        probe = woci.probe_endpoint(server.url + "/token")
+    assert probe.oauth_error == "invalid_client ?[2Jowned"
+    assert probe.content_type == "application/json?[31m"
