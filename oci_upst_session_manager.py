@@ -2453,11 +2453,16 @@ def _short_cause(exc: BaseException) -> str:
 
 
 def _parse_oauth_answer(response, body: bytes, url: str, what: str, skew: float | None,
-                        any_success: bool = False) -> dict:
+                        any_success: bool = False, secrets: list[str] | None = None) -> dict:
+    """The answer's JSON object; the server's words in errors are cut short, so the secrets
+    sent are taken out of them first (a secret cut in two would not be found later)."""
+    def said(value: object, limit: int) -> str:
+        return plain_text(redacted(str(value), secrets or []), limit)
+
     note = clock_skew_note(skew, "the server")
     if 300 <= response.status_code < 400:
         # Never followed: a form holding a refresh token must not be sent on to elsewhere.
-        where = plain_text(response.headers.get("Location") or "nowhere", 200)
+        where = said(response.headers.get("Location") or "nowhere", 200)
         raise HttpError(f"the {what} at {url} answered HTTP {response.status_code}, a "
                         f"redirect to {where}, which woci does not follow; set the URL it "
                         "points to, if it is right")
@@ -2474,9 +2479,8 @@ def _parse_oauth_answer(response, body: bytes, url: str, what: str, skew: float 
                         f"{ctype} instead of JSON; is the URL right?{note}")
     if response.status_code >= 400 or "error" in document:
         error = str(document.get("error") or f"HTTP {response.status_code}")
-        description = plain_text(document.get("error_description") or "")
-        detail = f"{plain_text(error, 100)}: {description}" if description else \
-            plain_text(error, 100)
+        description = said(document.get("error_description") or "", 300)
+        detail = f"{said(error, 100)}: {description}" if description else said(error, 100)
         raise OAuthError(f"the {what} at {url} refused the request: {detail}{note}",
                          error, response.status_code)
     return document
@@ -2588,7 +2592,8 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                 skew = clock_skew_seconds(response.headers.get("Date"), now())
                 log().debug("%s answered HTTP %s", what, response.status_code)
                 if response.status_code not in RETRYABLE_STATUSES:
-                    return _parse_oauth_answer(response, body, url, what, skew, any_success)
+                    return _parse_oauth_answer(response, body, url, what, skew, any_success,
+                                               secrets)
                 last_problem = f"HTTP {response.status_code}"
                 retry_after = response.headers.get("Retry-After")
             if attempt + 1 < HTTP_ATTEMPTS:

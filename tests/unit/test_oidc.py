@@ -750,3 +750,18 @@ def test_a_doctor_probe_keeps_the_servers_words_to_one_plain_line():
         probe = woci.probe_endpoint(server.url + "/token")
     assert probe.oauth_error == "invalid_client ?[2Jowned"
     assert probe.content_type == "application/json?[31m"
+
+
+@pytest.mark.parametrize("cut", range(285, 300, 3))
+def test_a_secret_the_server_quotes_where_its_text_is_cut_short_leaves_no_part_behind(cut):
+    """The server's text is cut at 300 characters: a secret quoted across that place must be
+    taken out before the cut, or its first characters would be shown."""
+    secret = "rt-0123456789abcdefghij"
+
+    def respond(request):
+        return json_answer(400, {"error": "invalid_grant",
+                                 "error_description": "x" * cut + " " + secret + " more"})
+
+    with LocalServer(respond) as server, pytest.raises(woci.OAuthError) as info:
+        post(server, {"grant_type": "refresh_token", "refresh_token": secret})
+    assert secret[:6] not in str(info.value)
