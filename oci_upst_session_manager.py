@@ -1592,7 +1592,9 @@ def _derive_key(passphrase: str, salt: bytes, iterations: int) -> bytes:
     from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
     kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=salt, iterations=iterations)
-    return kdf.derive(passphrase.encode("utf-8"))
+    # surrogateescape: a variable whose bytes are not UTF-8 reaches Python as surrogates;
+    # its own bytes are the passphrase.
+    return kdf.derive(passphrase.encode("utf-8", "surrogateescape"))
 
 
 def encrypt_refresh_token(token: str, passphrase: str,

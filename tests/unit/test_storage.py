@@ -987,3 +987,13 @@ def test_atomic_write_removes_what_a_write_killed_before_its_rename_left(tmp_pat
     woci.atomic_write(str(target), b"new")
     assert sorted(os.listdir(tmp_path)) == sorted([".token.efgh5678.tmp", ".token.someone-else.tmp",
                                                    "token"])
+
+
+def test_a_passphrase_that_is_not_utf8_in_the_environment_works(tmp_path):
+    """Python hands a variable's bytes that are not UTF-8 over as surrogates ('\\xff' ->
+    '\\udcff'); encoding them strictly raised UnicodeEncodeError, a traceback at the first
+    save. The variable's own bytes are the passphrase."""
+    environ = {"PW": b"pass\xffword".decode("utf-8", "surrogateescape")}
+    s = store(tmp_path, environ, refresh_token_passphrase_env="PW")
+    s.save("rt-1")
+    assert store(tmp_path, dict(environ), refresh_token_passphrase_env="PW").load() == "rt-1"
