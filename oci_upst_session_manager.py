@@ -1357,8 +1357,10 @@ def _remove_stale_temporary_files(folder: str, name: str) -> None:
         pass   # only tidying: the write itself decides
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write via a temporary file in the same folder, fsync, rename: readers see old or new."""
+def atomic_write(path: str, data: bytes, mode: int = 0o600,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Write via a temporary file in the same folder, fsync, rename: readers see old or new.
+    owner: (uid, gid) the new file is given, as the one it replaces had."""
     folder = os.path.dirname(path) or "."
     import tempfile
 
@@ -1372,6 +1374,11 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     try:
         # mkstemp creates 0600; set the final mode before any data is in the file.
         os.fchmod(fd, mode)
+        if owner is not None:
+            try:
+                os.fchown(fd, *owner)
+            except PermissionError:
+                pass   # only root can give a file away; anyone else's files are theirs
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -2081,14 +2088,17 @@ def write_oci_config(path: str, old_text: str | None, new_text: str) -> None:
     if old_text == new_text:
         return
     target = os.path.realpath(path)
+    owner = None
     try:
-        mode = os.stat(target).st_mode & 0o777
+        info = os.stat(target)
+        # The user's file stays the user's, even written by a `sudo woci` that kept HOME.
+        mode, owner = info.st_mode & 0o777, (info.st_uid, info.st_gid)
     except FileNotFoundError:
         mode = 0o600
         ensure_private_folder(os.path.dirname(target))
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
-    atomic_write(target, new_text.encode("utf-8"), mode)
+    atomic_write(target, new_text.encode("utf-8"), mode, owner)
 
 
 # --- the OCI profile woci keeps: a pure policy, then one locked write ------------------------

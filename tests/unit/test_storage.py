@@ -997,3 +997,28 @@ def test_a_passphrase_that_is_not_utf8_in_the_environment_works(tmp_path):
     s = store(tmp_path, environ, refresh_token_passphrase_env="PW")
     s.save("rt-1")
     assert store(tmp_path, dict(environ), refresh_token_passphrase_env="PW").load() == "rt-1"
+
+
+def test_rewriting_the_oci_config_keeps_its_owner(tmp_path, monkeypatch):
+    """The rename puts a new file in the config's place, owned by whoever runs woci: a
+    `sudo woci` keeping HOME made the user's own ~/.oci/config root's, mode 0600, and the
+    user could no longer read it. The new file is given the old one's owner (only root can;
+    anyone else writes files that are theirs already)."""
+    config = tmp_path / "config"
+    config.write_text("[DEFAULT]\nregion = r\n")
+    given = []
+    real_fchown = os.fchown
+
+    def fchown(fd, uid, gid):
+        given.append((uid, gid))
+        real_fchown(fd, uid, gid)
+
+    monkeypatch.setattr(woci.os, "fchown", fchown)
+    woci.write_oci_config(str(config), "[DEFAULT]\nregion = r\n", "[DEFAULT]\nregion = s\n")
+    info = os.stat(config)
+    assert given == [(info.st_uid, info.st_gid)]
+    assert config.read_text() == "[DEFAULT]\nregion = s\n"
+    if os.geteuid() == 0:   # root can show it for real
+        os.chown(config, 12345, 12345)
+        woci.write_oci_config(str(config), "[DEFAULT]\nregion = s\n", "[DEFAULT]\nregion = t\n")
+        assert (os.stat(config).st_uid, os.stat(config).st_gid) == (12345, 12345)
