@@ -5273,9 +5273,21 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     environ = os.environ if environ is None else environ
     try:
         answer = fast_path(argv, environ, time.time())
-        if answer is not None:
-            return give_fast_answer(answer)
-        return run(split_command_line(argv), environ)
+        code = give_fast_answer(answer) if answer is not None else \
+            run(split_command_line(argv), environ)
+        if sys.stdout is not None:
+            sys.stdout.flush()   # a reader gone shows here, not in Python's exit
+        return code
+    except BrokenPipeError:
+        # Whoever read stdout is gone (a pipe closed early): nobody to answer or to tell.
+        # stdout goes to /dev/null so that Python's own flush at exit cannot fail again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):   # a stdout that is no file
+            pass
+        return EXIT_FAILURE
     except WociError as exc:
         log().debug("failure details", exc_info=True)
         print(f"woci: error: {exc}", file=sys.stderr)
