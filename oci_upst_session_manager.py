@@ -4289,7 +4289,7 @@ def daemon_status_report(paths: SessionPaths, profile: str, now: float) -> tuple
     state = DaemonState.read(paths.daemon_state)
     last = state.last if state else None
     if last is not None:
-        outcome = "ok" if last.ok else f"failed: {last.message}"
+        outcome = "ok" if last.ok else f"failed: {plain_text(last.message)}"   # a file's words
         lines.append(f"last renewal: {format_timestamp(last.time)}, {outcome}")
     else:
         lines.append("last renewal: none yet")

@@ -339,3 +339,24 @@ def test_a_daemon_log_that_cannot_be_opened_is_one_line_from_the_parent(tmp_path
     monkeypatch.setattr(woci.os, "fork", lambda: pytest.fail("forked"))
     with pytest.raises(woci.DaemonError, match="cannot open the daemon log"):
         woci.start_daemon(None, paths)
+
+
+def test_daemon_status_shows_the_last_failure_on_one_plain_line(tmp_path):
+    """The message comes from the state file (a provider's words, or anything written
+    there): --daemon-status must not pass an escape sequence to the terminal or a newline
+    into its report."""
+    paths = woci.SessionPaths(str(tmp_path))
+    Path(paths.daemon_state).write_text(json.dumps({
+        "pid": 1, "profile": "p", "expires_at": None, "next_renewal": None,
+        "last_renewal": {"time": 1_000_000, "ok": False, "message": "down\n\x1b[2Jowned"}}))
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold_pid_file, args=(paths.pid, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        code, report = woci.daemon_status_report(paths, "p", 1_000_100)
+    finally:
+        release.set()
+        holder.join(10)
+    assert code == 0 and "\x1b" not in report
+    assert "failed: down ?[2Jowned\n" in report
