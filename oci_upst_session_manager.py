@@ -108,6 +108,8 @@ DEFAULT_REDIRECT_PORT = 8181
 DEFAULT_REDIRECT_PATH = "/callback"
 DEFAULT_LOGIN_TIMEOUT = 300
 DEFAULT_REFRESH_SAFETY_WINDOW = 600
+# No sign-in waits, and no UPST lives, longer; threading and select refuse waits of ~1e10 s.
+SETTING_SECONDS_MAX = 24 * 3600
 DEFAULT_LOG_LEVEL = "WARNING"
 DEFAULT_PROFILE = "DEFAULT"
 # configparser's booleans (ConfigParser.BOOLEAN_STATES), here so reading one costs no import.
@@ -120,6 +122,10 @@ DEFAULT_LOGIN_FLOW = "browser"
 # (connect, read) seconds for every HTTP call.
 HTTP_TIMEOUT = (5.0, 30.0)
 HTTP_ATTEMPTS = 4
+# The timeouts bound each wait for a byte; these bound one whole answer. No answer woci
+# wants (a token, a discovery document) comes near the size.
+HTTP_ANSWER_MAX_SECONDS = HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1]
+HTTP_ANSWER_MAX_BYTES = 1024 * 1024
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
 RETRY_AFTER_MAX_SECONDS = 30.0
@@ -213,6 +219,11 @@ DAEMON_LOG_FILE = "woci_daemon.log"
 CREDENTIAL_CACHE_FOLDER = "exec-credentials"
 MANAGER_INI_NAME = "woci_manager.ini"
 COMMON_SECTION = "COMMON"
+# No file woci reads comes near this size; a bigger one is not what woci or oci wrote (a link
+# to a log, or to /dev/zero, which never ends).
+FILE_MAX_BYTES = 4 * 1024 * 1024
+# A write takes milliseconds: a temporary file of woci's this old was left by a killed woci.
+STALE_TEMP_FILE_SECONDS = 600
 # configparser treats its default section as a base for all others; the manager INI's
 # [DEFAULT] is an ordinary section (the one for profile DEFAULT), so the base gets a name
 # no one uses.
@@ -301,6 +312,15 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def parse_json(data: bytes | str) -> object:
+    """json.loads for what comes from files and servers: JSON nested too deeply for the parser
+    (RecursionError) is damage like any other, a ValueError."""
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+
+
 def jwt_claims_unverified(token: str) -> dict:
     """The payload of a JWT, not verified: only the issuer's key could, and oci does the same.
 
@@ -310,7 +330,7 @@ def jwt_claims_unverified(token: str) -> dict:
     if len(parts) != 3 or not all(parts[:2]):
         raise ValueError("not a JWT (expected three dot-separated parts)")
     try:
-        claims = json.loads(b64url_decode(parts[1]))
+        claims = parse_json(b64url_decode(parts[1]))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError("not a JWT (the payload is not base64url JSON)") from exc
     if not isinstance(claims, dict):
@@ -318,11 +338,25 @@ def jwt_claims_unverified(token: str) -> dict:
     return claims
 
 
+def epoch_or_none(value: object) -> float | None:
+    """A time from a file or a server as a float, or None when it is no number a clock can
+    be compared with (a bool, NaN, infinity, an integer beyond a float's range)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        epoch = float(value)
+    except OverflowError:
+        return None
+    return epoch if abs(epoch) != float("inf") and epoch == epoch else None
+
+
 def jwt_expiry(token: str) -> int:
     exp = jwt_claims_unverified(token).get("exp")
     # The OCI CLI insists on an integer exp; a token it cannot use is no session.
     if not isinstance(exp, int) or isinstance(exp, bool):
         raise ValueError("the token has no integer 'exp' claim")
+    if epoch_or_none(exp) is None:   # exp - now would raise OverflowError
+        raise ValueError("the token's integer 'exp' claim is too large to be a time")
     return exp
 
 
@@ -391,6 +425,14 @@ def shown(value: object, limit: int = 120) -> str:
     """A value from a server or a file, for one line of text: quoted, control characters
     escaped, and cut short."""
     text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def plain_text(value: object, limit: int = 300) -> str:
+    """A server's own words (an error_description) for one line of text: white space runs
+    made one space, control characters (a terminal's escape sequences) made '?', cut short."""
+    text = " ".join(str(value).split())
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -512,6 +554,44 @@ def absolute(path: str) -> str:
     """path from the working folder, spelled as given otherwise (like Path.absolute(): no
     symlink or '..' resolved)."""
     return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def read_file_if_present(path: str) -> bytes | None:
+    """The file's bytes, None when it is absent; StorageError for anything that is not a
+    regular file of at most FILE_MAX_BYTES. O_NONBLOCK: a FIFO in its place must not hold
+    up the open."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from exc
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        if stat.S_ISDIR(kind):
+            raise StorageError(f"{path} is a folder, not a file")
+        raise StorageError(f"{path} is not a regular file (a FIFO or a device?)")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(FILE_MAX_BYTES + 1)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from exc
+    if len(data) > FILE_MAX_BYTES:
+        raise StorageError(f"{path} is larger than {FILE_MAX_BYTES // (1024 * 1024)} MiB, so it "
+                           "is not a file woci or oci wrote")
+    return data
+
+
+def read_text_file(path: str) -> str | None:
+    """read_file_if_present as UTF-8 text with universal newlines, as open() in text mode
+    reads it (configparser reads files that way)."""
+    raw = read_file_if_present(path)
+    if raw is None:
+        return None
+    return raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def configure_logging(level: str, daemon: bool = False) -> None:
@@ -937,8 +1017,10 @@ class Settings(collections.namedtuple("Settings",
 
 def resolve_profile(cmd: CommandLine, environ: Mapping[str, str]) -> str:
     profile = cmd.oci_options.get("profile") or environ.get("OCI_CLI_PROFILE") or DEFAULT_PROFILE
-    if "/" in profile or profile in (".", "..") or "\x00" in profile:
-        raise ConfigError(f"profile name {profile!r} cannot be a folder name")
+    # A control character (a line break) would also split the profile's section header.
+    if "/" in profile or profile in (".", "..") or not profile.isprintable():
+        raise ConfigError(f"profile name {profile!r} cannot be a folder name (or an OCI config "
+                          "section): no '/', no control characters")
     return profile
 
 
@@ -975,17 +1057,16 @@ def load_manager_ini(candidates: list[str], explicit: bool
                      ) -> tuple[str | None, configparser.ConfigParser | None]:
     for path in candidates:
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except FileNotFoundError:
-            if explicit:
-                raise ConfigError(f"manager config {path} does not exist")
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
+            text = read_text_file(path)
+        except (StorageError, UnicodeDecodeError) as exc:
             if explicit:
                 raise ConfigError(f"cannot read manager config {path}: {describe_os_error(exc)}")
             log().warning("cannot read manager config %s (%s); going on without it", path,
                         describe_os_error(exc))
+            continue
+        if text is None:
+            if explicit:
+                raise ConfigError(f"manager config {path} does not exist")
             continue
         return path, parse_manager_ini(text, str(path))
     return None, None
@@ -1036,9 +1117,9 @@ def _convert(key: str, kind: str, raw: object, where: str) -> object:
             seconds = float(text)
         except ValueError:
             seconds = -1.0
-        if not seconds > 0 or seconds != seconds or seconds == float("inf"):
-            raise ConfigError(f"{key} in {where} must be a positive number of seconds, "
-                              f"not {text!r}")
+        if not 0 < seconds <= SETTING_SECONDS_MAX:   # NaN too
+            raise ConfigError(f"{key} in {where} must be a positive number of seconds, at most "
+                              f"{SETTING_SECONDS_MAX}, not {text!r}")
         return seconds
     if kind == "storage":
         if text.lower() not in REFRESH_TOKEN_STORAGES:
@@ -1100,9 +1181,12 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
     if ports:
         values["redirect_port"], values["redirect_ports"] = ports[0], ports
     redirect_path = str(values.get("redirect_path", DEFAULT_REDIRECT_PATH))
-    if not redirect_path.startswith("/"):
-        raise ConfigError(f"redirect_path in {ini_where} must start with '/', "
-                          f"not {redirect_path!r}")
+    # The callback compares the request's path with it: a query, a fragment or white space
+    # in it would match no browser's request.
+    if not redirect_path.startswith("/") or not redirect_path.isprintable() or \
+            any(ch in redirect_path for ch in "?# "):
+        raise ConfigError(f"redirect_path in {ini_where} must start with '/', and hold no "
+                          f"'?', '#' or white space, not {redirect_path!r}")
     # Any source saying "not interactive" wins: an INI saying true must not make CI wait.
     interactive = bool(values.pop("interactive", True)) and not env_flag_is_true(
         environ.get("CI"))
@@ -1111,6 +1195,11 @@ def build_settings(cmd: CommandLine, environ: Mapping[str, str],
     for key in REQUIRED_KEYS:
         values.setdefault(key, "")     # only the session tools (required=()) get here
     values.setdefault("token_exchange_url", values["token_url"])
+    for name, region in (("region", values.get("region")),
+                         ("--region", cmd.oci_options.get("region"))):
+        if isinstance(region, str) and not region.isprintable():
+            raise ConfigError(f"{name} {region!r} holds a line break or a control character; "
+                              "it is written to the OCI config as one line")
     fields = set(Settings._fields)
     return Settings(
         profile=profile,
@@ -1254,10 +1343,28 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write via a temporary file in the same folder, fsync, rename: readers see old or new."""
+def _remove_stale_temporary_files(folder: str, name: str) -> None:
+    """What atomic_write of name left when it was killed before its rename (a copy of a
+    token, say): mkstemp's names, .<name>.<8 characters>.tmp, old enough to be no one's."""
+    prefix, now = f".{name}.", time.time()
+    try:
+        for entry in os.scandir(folder):
+            if entry.name.startswith(prefix) and entry.name.endswith(".tmp") and \
+                    len(entry.name) == len(prefix) + 12 and entry.is_file(follow_symlinks=False) \
+                    and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_FILE_SECONDS:
+                os.unlink(entry.path)
+    except OSError:
+        pass   # only tidying: the write itself decides
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600,
+                 owner: tuple[int, int] | None = None) -> None:
+    """Write via a temporary file in the same folder, fsync, rename: readers see old or new.
+    owner: (uid, gid) the new file is given, as the one it replaces had."""
     folder = os.path.dirname(path) or "."
     import tempfile
+
+    _remove_stale_temporary_files(folder, os.path.basename(path))
 
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
@@ -1267,6 +1374,11 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     try:
         # mkstemp creates 0600; set the final mode before any data is in the file.
         os.fchmod(fd, mode)
+        if owner is not None:
+            try:
+                os.fchown(fd, *owner)
+            except PermissionError:
+                pass   # only root can give a file away; anyone else's files are theirs
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -1281,24 +1393,14 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
 
 
-def read_file_if_present(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError as exc:
-        raise StorageError(f"{path} is a folder, not a file") from exc
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from exc
-
-
 def remove_if_present(path: str) -> bool:
     """Delete a file; False when it was not there."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         return False
+    except OSError as exc:   # a folder in its place, a read-only folder
+        raise StorageError(f"cannot remove {path}: {describe_os_error(exc)}") from exc
     return True
 
 
@@ -1497,7 +1599,9 @@ def _derive_key(passphrase: str, salt: bytes, iterations: int) -> bytes:
     from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
     kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=salt, iterations=iterations)
-    return kdf.derive(passphrase.encode("utf-8"))
+    # surrogateescape: a variable whose bytes are not UTF-8 reaches Python as surrogates;
+    # its own bytes are the passphrase.
+    return kdf.derive(passphrase.encode("utf-8", "surrogateescape"))
 
 
 def encrypt_refresh_token(token: str, passphrase: str,
@@ -1527,7 +1631,7 @@ def decrypt_refresh_token(raw: bytes, passphrase: str, path: str) -> str:
 
     damaged = f"the encrypted refresh token {path} is damaged"
     try:
-        document = json.loads(raw)
+        document = parse_json(raw)
         if document.get("format") != ENCRYPTED_FORMAT:
             raise ValueError("it is not a woci refresh-token file")
         if document.get("version") != ENCRYPTED_VERSION or document.get("kdf") != KDF_NAME:
@@ -1567,10 +1671,11 @@ class KeyringItem(collections.namedtuple("KeyringItem", "service username")):
     @classmethod
     def read_marker(cls, path: str) -> "KeyringItem" | None:
         try:
-            document = json.loads(read_file_if_present(path) or b"null")
+            document = parse_json(read_file_if_present(path) or b"null")
         except (StorageError, ValueError):
             return None
-        if isinstance(document, dict) and isinstance(document.get("service"), str) and \
+        # Only woci's own service: another program's item must never be read or deleted.
+        if isinstance(document, dict) and document.get("service") == KEYRING_SERVICE and \
                 isinstance(document.get("username"), str):
             return cls(document["service"], document["username"])
         return None
@@ -1613,6 +1718,13 @@ def drop_keyring_item(marker: str, fallback: KeyringItem, backend) -> None:
     if keyring_call("read", lambda: backend.get_password(item.service, item.username)):
         keyring_call("delete from", lambda: backend.delete_password(item.service, item.username))
     remove_if_present(marker)
+
+
+def is_storable_refresh_token(token: str) -> bool:
+    """A token the plain file holds and gives back as it was: printable ASCII, no white
+    space (the file is the token alone)."""
+    return bool(token) and token.isascii() and \
+        not any(ch.isspace() or not ch.isprintable() for ch in token)
 
 
 class RefreshTokenStore:
@@ -1675,7 +1787,7 @@ class RefreshTokenStore:
             token = raw.decode("ascii").strip()
         except UnicodeDecodeError:
             token = ""
-        if not token or any(ch.isspace() or not ch.isprintable() for ch in token):
+        if not is_storable_refresh_token(token):
             raise RefreshTokenError(f"the refresh token file {self.path} is damaged (empty or "
                                     "not text); sign in again with `woci session authenticate` "
                                     "to replace it")
@@ -1789,11 +1901,7 @@ class KeyringRefreshTokenStore:
                              lambda: backend.delete_password(previous.service, previous.username))
             except StorageError as exc:
                 log().warning("%s (an old item of woci's)", exc)
-        try:
-            remove_if_present(self.file_store.path)
-        except OSError as exc:
-            raise StorageError(f"cannot remove {self.file_store.path}: "
-                               f"{describe_os_error(exc)}") from exc
+        remove_if_present(self.file_store.path)
 
     def holds_encrypted(self) -> bool:
         return self._keyring() is None and self.file_store.holds_encrypted()
@@ -1831,7 +1939,7 @@ def stored_refresh_token(paths: SessionPaths) -> StoredRefreshToken:
         except UnicodeDecodeError:
             text = ""
         # The test RefreshTokenStore.load applies: what it would refuse is no refresh token.
-        if not text or any(ch.isspace() or not ch.isprintable() for ch in text):
+        if not is_storable_refresh_token(text):
             return StoredRefreshToken("file", None, True)
         return StoredRefreshToken("file", jwt_expiry_or_none(text))
     if os.path.exists(paths.keyring_marker):
@@ -1909,6 +2017,10 @@ def _section_bounds(lines: list[str], profile: str) -> tuple[int, int] | None:
 
 def upsert_profile(text: str | None, profile: str, values: Mapping[str, str]) -> str:
     """The config text with the profile's keys set; every other byte stays as it was."""
+    for what in (profile, *values.values()):
+        if "\n" in what or "\r" in what:   # where configparser splits lines
+            raise ConfigError(f"cannot write {what!r} to the OCI config of profile "
+                              f"{profile!r}: it holds a line break")
     newline = "\r\n" if text and "\r\n" in text else "\n"
     lines = split_config_lines(text or "")
     bounds = _section_bounds(lines, profile)
@@ -1976,14 +2088,17 @@ def write_oci_config(path: str, old_text: str | None, new_text: str) -> None:
     if old_text == new_text:
         return
     target = os.path.realpath(path)
+    owner = None
     try:
-        mode = os.stat(target).st_mode & 0o777
+        info = os.stat(target)
+        # The user's file stays the user's, even written by a `sudo woci` that kept HOME.
+        mode, owner = info.st_mode & 0o777, (info.st_uid, info.st_gid)
     except FileNotFoundError:
         mode = 0o600
         ensure_private_folder(os.path.dirname(target))
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
-    atomic_write(target, new_text.encode("utf-8"), mode)
+    atomic_write(target, new_text.encode("utf-8"), mode, owner)
 
 
 # --- the OCI profile woci keeps: a pure policy, then one locked write ------------------------
@@ -2132,9 +2247,8 @@ def ini_sections(text: str, wanted: tuple[str, ...] | None) -> dict[str, dict[st
 
 def _read_text(path: str) -> str | None:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError):
+        return read_text_file(path)
+    except (StorageError, UnicodeDecodeError):
         return None
 
 
@@ -2221,11 +2335,12 @@ def cached_credential(paths: SessionPaths, key: list[str], now: float) -> bytes 
     if text is None:
         return None
     try:
-        entry = json.loads(text)
+        entry = parse_json(text)
         expires_at, output = entry["expires_at"], entry["output"]
         if entry.get("key") != key or not isinstance(output, str):
             return None
-        if not isinstance(expires_at, (int, float)) or expires_at - now <= OKE_CACHE_MARGIN_SECONDS:
+        expires_at = epoch_or_none(expires_at)
+        if expires_at is None or expires_at - now <= OKE_CACHE_MARGIN_SECONDS:
             return None
         return output.encode("utf-8")
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeEncodeError):
@@ -2285,7 +2400,7 @@ def store_credential(paths: SessionPaths, key: list[str], output: bytes) -> None
 
     try:
         text = output.decode("utf-8")
-        stamp = json.loads(text)["status"]["expirationTimestamp"]
+        stamp = parse_json(text)["status"]["expirationTimestamp"]
         moment = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.timezone.utc)
@@ -2303,12 +2418,12 @@ def store_credential(paths: SessionPaths, key: list[str], output: bytes) -> None
 
 def clear_credential_cache(paths: SessionPaths) -> bool:
     """Forget every cached OKE credential of the profile (a new sign-in, a logout); True
-    when there was a cache. A symlink in its place is removed, never followed."""
+    when there was a cache. A symlink (or a file) in its place is removed, never followed."""
     import shutil
 
     folder = paths.credential_cache
     try:
-        if os.path.islink(folder):
+        if os.path.islink(folder) or not os.path.isdir(folder):
             os.unlink(folder)
         else:
             shutil.rmtree(folder)
@@ -2349,23 +2464,35 @@ def _short_cause(exc: BaseException) -> str:
     return text[:200]
 
 
-def _parse_oauth_answer(response, url: str, what: str, skew: float | None,
-                        any_success: bool = False) -> dict:
+def _parse_oauth_answer(response, body: bytes, url: str, what: str, skew: float | None,
+                        any_success: bool = False, secrets: list[str] | None = None) -> dict:
+    """The answer's JSON object; the server's words in errors are cut short, so the secrets
+    sent are taken out of them first (a secret cut in two would not be found later)."""
+    def said(value: object, limit: int) -> str:
+        return plain_text(redacted(str(value), secrets or []), limit)
+
     note = clock_skew_note(skew, "the server")
+    if 300 <= response.status_code < 400:
+        # Never followed: a form holding a refresh token must not be sent on to elsewhere.
+        where = said(response.headers.get("Location") or "nowhere", 200)
+        raise HttpError(f"the {what} at {url} answered HTTP {response.status_code}, a "
+                        f"redirect to {where}, which woci does not follow; set the URL it "
+                        "points to, if it is right")
     if any_success and 200 <= response.status_code < 300:
         return {}   # RFC 7009: the body of a revocation's answer means nothing
     try:
-        document = response.json()
+        document = parse_json(body)
     except ValueError:
         document = None
     if not isinstance(document, dict):
-        ctype = response.headers.get("Content-Type", "no content type").split(";")[0]
+        ctype = plain_text(response.headers.get("Content-Type", "no content type").split(";")[0],
+                           80)
         raise HttpError(f"the {what} at {url} answered HTTP {response.status_code} with "
                         f"{ctype} instead of JSON; is the URL right?{note}")
     if response.status_code >= 400 or "error" in document:
         error = str(document.get("error") or f"HTTP {response.status_code}")
-        description = str(document.get("error_description") or "").strip()
-        detail = f"{error}: {description}" if description else error
+        description = said(document.get("error_description") or "", 300)
+        detail = f"{said(error, 100)}: {description}" if description else said(error, 100)
         raise OAuthError(f"the {what} at {url} refused the request: {detail}{note}",
                          error, response.status_code)
     return document
@@ -2382,6 +2509,46 @@ def _sent_secrets(form: Mapping[str, str] | None, basic: tuple[str, str] | None)
         values.append(base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode("ascii"))
     return [variant for value in values
             for variant in (value, urllib.parse.quote_plus(value), urllib.parse.quote(value))]
+
+
+def _fetch(http, method: str, url: str, what: str, deadline: float,
+           **request_args) -> tuple[object, bytes]:
+    """One request and its whole answer (at most HTTP_ANSWER_MAX_BYTES) within deadline
+    seconds. requests' read timeout bounds each wait for a byte, so a server or proxy that
+    sends one now and then would hold woci for ever: the request runs in a thread, left
+    behind when the deadline passes (its own read timeout ends it)."""
+    import threading
+
+    import requests
+
+    outcome: list = []
+
+    def fetch() -> None:
+        try:
+            response = http.request(method, url, stream=True, **request_args)
+            try:
+                body = bytearray()
+                for chunk in response.iter_content(64 * 1024):
+                    body += chunk
+                    if len(body) > HTTP_ANSWER_MAX_BYTES:
+                        raise HttpError(f"the {what} at {url} answered with more than "
+                                        f"{HTTP_ANSWER_MAX_BYTES} bytes; is the URL right?")
+            except BaseException:
+                response.close()
+                raise
+            outcome.append((response, bytes(body)))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            outcome.append(exc)
+
+    worker = threading.Thread(target=fetch, name="woci-http", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if not outcome:
+        raise requests.exceptions.Timeout(f"no complete answer within "
+                                          f"{format_duration(deadline)}")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def open_http():
@@ -2414,8 +2581,9 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
             if attempt:
                 log().info("retrying %s (%s)", what, last_problem)
             try:
-                response = http.request(
-                    method, url, data=dict(form) if form is not None else None,
+                response, body = _fetch(
+                    http, method, url, what, HTTP_ANSWER_MAX_SECONDS,
+                    data=dict(form) if form is not None else None,
                     timeout=HTTP_TIMEOUT, headers={"Accept": "application/json"},
                     auth=basic if basic else _no_netrc, allow_redirects=False, **tls)
             except requests.exceptions.SSLError as exc:
@@ -2436,7 +2604,8 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                 skew = clock_skew_seconds(response.headers.get("Date"), now())
                 log().debug("%s answered HTTP %s", what, response.status_code)
                 if response.status_code not in RETRYABLE_STATUSES:
-                    return _parse_oauth_answer(response, url, what, skew, any_success)
+                    return _parse_oauth_answer(response, body, url, what, skew, any_success,
+                                               secrets)
                 last_problem = f"HTTP {response.status_code}"
                 retry_after = response.headers.get("Retry-After")
             if attempt + 1 < HTTP_ATTEMPTS:
@@ -2492,7 +2661,15 @@ def _token_response(document: dict, url: str) -> TokenResponse:
     if not isinstance(access_token, str) or not access_token:
         raise AuthError(f"the token endpoint at {url} answered without an access_token")
     refresh = document.get("refresh_token")
-    return TokenResponse(access_token, refresh if isinstance(refresh, str) and refresh else None)
+    if not isinstance(refresh, str) or not refresh:
+        refresh = None
+    elif not is_storable_refresh_token(refresh):
+        # Saved, it would read back as a damaged file (exit 2) at every later run.
+        log().warning("the token endpoint at %s issued a refresh token woci cannot store (it is "
+                      "not printable ASCII without white space); the next renewal will need a "
+                      "sign-in", url)
+        refresh = None
+    return TokenResponse(access_token, refresh)
 
 
 def redeem_code(settings: Settings, code: str, verifier: str,
@@ -2581,14 +2758,13 @@ def read_discovery_cache(path: str, issuer: str, now: float) -> CachedDiscovery 
     another issuer's, damaged, or dated in the future): it is only a copy."""
     try:
         raw = read_file_if_present(path)
-        document = json.loads(raw) if raw is not None else None
+        document = parse_json(raw) if raw is not None else None
     except (StorageError, ValueError):
         return None
     if not isinstance(document, dict) or document.get("issuer") != issuer:
         return None
-    fetched, endpoints = document.get("fetched_at"), document.get("endpoints")
-    if (not isinstance(fetched, (int, float)) or isinstance(fetched, bool)
-            or not isinstance(endpoints, dict) or fetched != fetched):
+    fetched, endpoints = epoch_or_none(document.get("fetched_at")), document.get("endpoints")
+    if fetched is None or not isinstance(endpoints, dict):
         return None
     if not all(isinstance(value, str) and is_http_url(value)
                and endpoint_fits_issuer(value, issuer) for value in endpoints.values()):
@@ -2743,23 +2919,27 @@ def probe_endpoint(url: str, ca_bundle: str | None = None,
     import requests
 
     tls = {"verify": ca_bundle} if ca_bundle else {}
+    deadline = min(HTTP_ANSWER_MAX_SECONDS, sum(PROBE_TIMEOUT))
     try:
         with requests.Session() as session:
-            response = session.post(url, data={}, timeout=PROBE_TIMEOUT, auth=_no_netrc,
+            response, body = _fetch(session, "POST", url, "endpoint", deadline, data={},
+                                    timeout=PROBE_TIMEOUT, auth=_no_netrc,
                                     headers={"Accept": "application/json"},
                                     allow_redirects=False, **tls)
     except requests.exceptions.SSLError as exc:
         return Probe(None, "", None, None, f"TLS failure: {_short_cause(exc)}")
     except requests.exceptions.RequestException as exc:
         return Probe(None, "", None, None, _short_cause(exc))
+    except HttpError as exc:
+        return Probe(None, "", None, None, str(exc))
     try:
-        document = response.json()
+        document = parse_json(body)
     except ValueError:
         document = None
     error = document.get("error") if isinstance(document, dict) else None
-    return Probe(response.status_code,
-                 response.headers.get("Content-Type", "").split(";")[0].strip(),
-                 str(error) if error else None,
+    return Probe(response.status_code,   # the server's words, shown on one line each
+                 plain_text(response.headers.get("Content-Type", "").split(";")[0].strip(), 80),
+                 plain_text(error, 100) if error else None,
                  clock_skew_seconds(response.headers.get("Date"), now()), None)
 
 
@@ -2810,8 +2990,8 @@ def evaluate_callback(query: Mapping[str, list[str]], expected_state: str
     if not secrets.compare_digest(state.encode(), expected_state.encode()):
         return None
     if query.get("error"):
-        error = query["error"][0]
-        description = (query.get("error_description") or [""])[0]
+        error = plain_text(query["error"][0], 100)
+        description = plain_text((query.get("error_description") or [""])[0])
         return CallbackResult(None, f"the provider refused the sign-in: {error}"
                                     + (f": {description}" if description else ""))
     code = (query.get("code") or [""])[0]
@@ -2993,7 +3173,11 @@ def authorization_url(settings: Settings, redirect_uri: str, state: str, challen
     if settings.prompt:
         params["prompt"] = settings.prompt
     assert settings.authz_base_url is not None   # resolve_endpoints saw to it
-    return add_query(settings.authz_base_url, params)
+    try:
+        return add_query(settings.authz_base_url, params)
+    except ValueError as exc:   # urlsplit: an unclosed IPv6 bracket, a host that is none
+        raise ConfigError(f"authz_base_url {settings.authz_base_url!r} is not a usable URL: "
+                          f"{exc}") from exc
 
 
 def browser_sign_in(settings: Settings, open_browser: Callable[[str], bool] | None = None
@@ -3332,6 +3516,11 @@ def check_upst(upst: str, key, url: str, now: float) -> None:
         raise ExchangeError(f"{unusable} ({exc}); nothing was saved") from exc
     if exp > now + UPST_MAX_LIFETIME_SECONDS:
         raise ExchangeError(f"{unusable} (its exp lies more than a day ahead); nothing was saved")
+    tenant = claims.get("tenant")
+    if isinstance(tenant, str) and not tenant.isprintable():
+        # It becomes the profile's tenancy line: a line break would write other lines.
+        raise ExchangeError(f"{unusable} (its tenant claim holds a line break or a control "
+                            "character); nothing was saved")
     jwk = claims.get("jwk")
     if jwk is None:
         return
@@ -3558,8 +3747,8 @@ def _complete(session: Session, config: configparser.ConfigParser, access_token:
     if created:
         key = new_private_key()
     upst = request_upst(settings, access_token, key, session.now, http)
-    iat = jwt_claims_unverified(upst).get("iat")
-    if isinstance(iat, (int, float)) and not isinstance(iat, bool):
+    iat = epoch_or_none(jwt_claims_unverified(upst).get("iat"))
+    if iat is not None:
         note = clock_skew_note(session.now() - iat, "OCI")
         if note:
             log().warning("the new session token was issued at a time that%s", note)
@@ -3628,8 +3817,8 @@ def renewal_lead(state: TokenState, safety_window: float) -> float:
     into the token's life, so a short-lived UPST is not renewed over and over."""
     if not state.token or state.expires_at is None:
         return safety_window
-    issued_at = jwt_claims_unverified(state.token).get("iat")
-    if isinstance(issued_at, (int, float)) and state.expires_at > issued_at:
+    issued_at = epoch_or_none(jwt_claims_unverified(state.token).get("iat"))
+    if issued_at is not None and state.expires_at > issued_at:
         return min(safety_window, (state.expires_at - issued_at) / 3)
     return safety_window
 
@@ -3672,18 +3861,28 @@ class Renewer:
             except FATAL_IN_BACKGROUND:
                 raise
             except WociError as exc:
-                self.failures += 1
-                self.last = RenewalRecord(self.now(), False, str(exc))
-                delay = min(BACKGROUND_RETRY_MAX_SECONDS,
-                            BACKGROUND_RETRY_FIRST_SECONDS * 2 ** (self.failures - 1))
-                log().warning("renewal failed, retrying in %s: %s", format_duration(delay), exc)
-                return delay
+                return self.back_off(str(exc))
+            if state.expires_at is None or state.expires_at - self.now() <= lead:
+                # Renewing again at once would spend a grant and an exchange in a loop.
+                return self.back_off(
+                    f"the new session token is due for renewal again at once (valid until "
+                    f"{format_timestamp(state.expires_at or 0)}): it lives less than "
+                    "refresh_safety_window, or this machine's clock is off")
             self.failures = 0
             valid_until = format_timestamp(state.expires_at or 0)
             self.last = RenewalRecord(self.now(), True, f"valid until {valid_until}")
             log().info("session of profile %s valid until %s", self.session.settings.profile,
                      valid_until)
         return max(0.0, min(self.next_due(state) - self.now(), BACKGROUND_MAX_SLEEP_SECONDS))
+
+    def back_off(self, problem: str) -> float:
+        """Record a failed renewal; the seconds to wait before the next try (doubling)."""
+        self.failures += 1
+        self.last = RenewalRecord(self.now(), False, problem)
+        delay = min(BACKGROUND_RETRY_MAX_SECONDS,
+                    BACKGROUND_RETRY_FIRST_SECONDS * 2 ** (self.failures - 1))
+        log().warning("renewal failed, retrying in %s: %s", format_duration(delay), problem)
+        return delay
 
     def next_due(self, state: TokenState) -> float:
         if state.expires_at is None:
@@ -3770,7 +3969,7 @@ def ensure_in_child(session: Session, min_validity: float = EXPIRY_MARGIN_SECOND
         # process goes on: a child left behind could still be spending a refresh token.
         os.waitpid(pid, 0)
     try:
-        report = json.loads(b"".join(chunks) or b"null")
+        report = parse_json(b"".join(chunks) or b"null")
         ok, kind, message = report["ok"], report.get("kind"), str(report.get("message"))
         exit_code = report.get("exit_code") if isinstance(report.get("exit_code"), int) else None
     except (ValueError, TypeError, KeyError):
@@ -3823,13 +4022,21 @@ class PidFile:
             self.fd = None
 
     def _open(self) -> int | None:
+        import stat
+
         try:
-            return os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO in its place must not hold up the open.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise DaemonError(f"cannot read the daemon's pid file {self.path}: "
                               f"{describe_os_error(exc)}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DaemonError(f"the daemon's pid file {self.path} is not a file; no woci daemon "
+                              "made it: remove it by hand")
+        return fd
 
     def holder(self) -> int | None:
         """The pid of the live daemon, or None when none holds the file. Changes nothing."""
@@ -3842,7 +4049,8 @@ class PidFile:
             text = os.read(fd, 64).decode("ascii", "replace").strip()
         finally:
             os.close(fd)
-        if not (text.isascii() and text.isdigit() and int(text) > 0):
+        # Linux pids stay below 2**22; os.kill of a number beyond pid_t raises OverflowError.
+        if not (text.isascii() and text.isdigit() and 0 < int(text) < 2 ** 31):
             raise DaemonError(f"a process holds the daemon's pid file {self.path} but the file "
                               "names no pid; find it with `fuser` and stop it by hand")
         return int(text)
@@ -3880,7 +4088,7 @@ class DaemonState(collections.namedtuple("DaemonState",
     def read(cls, path: str) -> "DaemonState" | None:
         """The state, or None when the file is missing or holds anything unexpected."""
         try:
-            document = json.loads(read_file_if_present(path) or b"null")
+            document = parse_json(read_file_if_present(path) or b"null")
         except (StorageError, ValueError):
             return None
         if not isinstance(document, dict):
@@ -3931,11 +4139,15 @@ def _leave_working_folder() -> None:
     os.chdir("/")   # never keep a user's folder (or its mount) busy
 
 
+def _open_daemon_log(log_path: str) -> int:
+    return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+
+
 def _redirect_stdio(log_path: str) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    log = _open_daemon_log(log_path)
     try:
         os.fchmod(log, 0o600)   # one left open to others (by hand, or before umask 077)
     except OSError:
@@ -4037,6 +4249,11 @@ def _read_with_deadline(fd: int, timeout: float) -> str:
 
 def start_daemon(renewer: Renewer, paths: SessionPaths) -> int:
     """Double fork; the parent returns the daemon's pid once its pid file is locked."""
+    try:   # here, not in the child: it has no terminal to say so on once it could tell
+        os.close(_open_daemon_log(paths.daemon_log))
+    except OSError as exc:
+        raise DaemonError(f"cannot open the daemon log {paths.daemon_log}: "
+                          f"{describe_os_error(exc)}") from exc
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -4072,7 +4289,7 @@ def daemon_status_report(paths: SessionPaths, profile: str, now: float) -> tuple
     state = DaemonState.read(paths.daemon_state)
     last = state.last if state else None
     if last is not None:
-        outcome = "ok" if last.ok else f"failed: {last.message}"
+        outcome = "ok" if last.ok else f"failed: {plain_text(last.message)}"   # a file's words
         lines.append(f"last renewal: {format_timestamp(last.time)}, {outcome}")
     else:
         lines.append("last renewal: none yet")
@@ -4220,10 +4437,10 @@ def status_text(report: StatusReport, now: float) -> str:
     else:
         daemon_line = "not running"
     lines = [f"profile: {doc['profile']}", f"session: {line}"]
-    if session["subject"]:
-        lines.append(f"subject: {session['subject']}")
+    if session["subject"]:   # the token's words: no escape sequence reaches the terminal
+        lines.append(f"subject: {plain_text(session['subject'])}")
     if session["tenancy"]:
-        lines.append(f"tenancy: {session['tenancy']}")
+        lines.append(f"tenancy: {plain_text(session['tenancy'])}")
     lines += [f"refresh token: {stored}", f"daemon: {daemon_line}"]
     return "\n".join(lines) + "\n"
 
@@ -4283,11 +4500,8 @@ def delete_session_files(paths: SessionPaths, key_path: str) -> list[str]:
     deleted = []
     for path in dict.fromkeys((paths.token, key_path, paths.key, paths.public_key,
                                paths.refresh_token, paths.daemon_state)):
-        try:
-            if remove_if_present(path):
-                deleted.append(os.path.basename(path))
-        except OSError as exc:
-            raise StorageError(f"cannot delete {path}: {describe_os_error(exc)}") from exc
+        if remove_if_present(path):
+            deleted.append(os.path.basename(path))
     if clear_credential_cache(paths):
         deleted.append(f"{CREDENTIAL_CACHE_FOLDER}/")
     return deleted
@@ -5059,9 +5273,21 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     environ = os.environ if environ is None else environ
     try:
         answer = fast_path(argv, environ, time.time())
-        if answer is not None:
-            return give_fast_answer(answer)
-        return run(split_command_line(argv), environ)
+        code = give_fast_answer(answer) if answer is not None else \
+            run(split_command_line(argv), environ)
+        if sys.stdout is not None:
+            sys.stdout.flush()   # a reader gone shows here, not in Python's exit
+        return code
+    except BrokenPipeError:
+        # Whoever read stdout is gone (a pipe closed early): nobody to answer or to tell.
+        # stdout goes to /dev/null so that Python's own flush at exit cannot fail again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):   # a stdout that is no file
+            pass
+        return EXIT_FAILURE
     except WociError as exc:
         log().debug("failure details", exc_info=True)
         print(f"woci: error: {exc}", file=sys.stderr)

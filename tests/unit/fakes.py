@@ -335,3 +335,58 @@ class FakeIdentity:
         with NO_PROXY.open(target, timeout=5) as answer:
             answer.read()
         return True
+
+
+class SlowServer:
+    """A raw TCP server on 127.0.0.1 that reads a request and answers with `script`: a list
+    of byte strings sent `pause` seconds apart (a server or proxy that dribbles its answer).
+    Every connection gets the same script; all are closed when the server stops."""
+
+    def __init__(self, script: list[bytes], pause: float):
+        self.script, self.pause = script, pause
+        self.connections = 0
+        self.stopping = threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.1)
+        self.threads: list[threading.Thread] = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._answer, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(5)
+                conn.recv(65536)
+                for piece in self.script:
+                    if self.stopping.wait(self.pause):
+                        return
+                    conn.sendall(piece)
+            except OSError:
+                return
+
+    def __enter__(self) -> Self:
+        self.acceptor.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.acceptor.join(timeout=5)
+        for thread in self.threads:
+            thread.join(timeout=5)
+        self.sock.close()

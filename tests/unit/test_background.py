@@ -255,3 +255,108 @@ def test_renewal_child_that_dies_is_a_failure_to_retry(monkeypatch, tmp_path):
     with pytest.raises(woci.WociError, match="ended without a word") as info:
         woci.ensure_in_child(_session(tmp_path))
     assert not isinstance(info.value, woci.FATAL_IN_BACKGROUND)
+
+
+# --- hostile files -------------------------------------------------------------------------------
+
+
+def test_a_daemon_state_file_nested_too_deeply_is_no_state(tmp_path):
+    path = tmp_path / "woci_daemon.state"
+    path.write_text('{"pid": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert woci.DaemonState.read(str(path)) is None
+
+
+@pytest.mark.parametrize("iat", [-(10 ** 400), float("nan"), "yesterday"], ids=["huge-negative", "nan", "text"])
+def test_renewal_lead_ignores_an_iat_that_is_no_time(iat):
+    """(exp - iat) / 3 of an iat beyond a float's range would raise OverflowError."""
+    part = base64.urlsafe_b64encode(json.dumps({"iat": iat, "exp": 2_000_000_000}).encode())
+    token = "e30." + part.decode().rstrip("=") + ".sig"
+    state = woci.TokenState(token, 2_000_000_000, None)
+    assert woci.renewal_lead(state, 600) == 600
+
+
+@pytest.mark.parametrize("upst_claims", [
+    lambda now: {"exp": now + 100},                 # no iat: the whole window is the lead
+    lambda now: {"iat": now - 7200, "exp": now - 3600},   # this clock is two hours ahead
+], ids=["shorter-than-the-window", "already-expired"])
+def test_a_renewal_whose_token_is_due_at_once_backs_off_instead_of_renewing_in_a_loop(
+        clock, upst_claims, caplog):
+    """A new UPST that is due for renewal the moment it arrives (it lives less than the
+    safety window, or the clock is off) must not make the background renew again at once,
+    and again: each try spends a refresh grant and an exchange. It backs off like a failure."""
+    now = int(clock())
+
+    def part(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    short = f"{part({'alg': 'none'})}.{part(upst_claims(now))}.sig"
+    r = renewer(clock, make_token(now - 3500, now + 10), [short, short, short])
+    waits = [r.step(), r.step(), r.step()]
+    assert waits == [5, 10, 20]
+    assert len(r.ensure.calls) == 3
+    assert r.last.ok is False and "due for renewal again at once" in r.last.message
+    assert "refresh_safety_window" in caplog.text
+
+
+def _hold_file_naming(path, text, ready, release):
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, text.encode())
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    ready.set()
+    release.wait(10)
+    os.close(fd)
+
+
+@pytest.mark.parametrize("text", ["9" * 60, "99999999999\n"], ids=["60-digits", "beyond-pid_t"])
+def test_a_held_pid_file_naming_a_pid_no_process_can_have_names_no_pid(tmp_path, text):
+    """os.kill of such a number raises OverflowError: --stop-daemon must say the file names
+    no pid instead, and signal nothing."""
+    path = tmp_path / "woci_refresh.pid"
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold_file_naming, args=(str(path), text, ready,
+                                                                     release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(woci.DaemonError, match="names no pid"):
+            woci.PidFile(str(path)).holder()
+    finally:
+        release.set()
+        holder.join(10)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder"])
+def test_a_daemon_log_that_cannot_be_opened_is_one_line_from_the_parent(tmp_path, kind,
+                                                                        monkeypatch):
+    """The detached child found out first, and printed its traceback on the user's terminal
+    before its stdio was redirected, then the parent said 'see <a log that cannot exist>'.
+    The parent now finds out before it forks."""
+    paths = woci.SessionPaths(str(tmp_path))
+    log_path = Path(paths.daemon_log)
+    log_path.symlink_to(tmp_path / "elsewhere") if kind == "symlink" else log_path.mkdir()
+    monkeypatch.setattr(woci.os, "fork", lambda: pytest.fail("forked"))
+    with pytest.raises(woci.DaemonError, match="cannot open the daemon log"):
+        woci.start_daemon(None, paths)
+
+
+def test_daemon_status_shows_the_last_failure_on_one_plain_line(tmp_path):
+    """The message comes from the state file (a provider's words, or anything written
+    there): --daemon-status must not pass an escape sequence to the terminal or a newline
+    into its report."""
+    paths = woci.SessionPaths(str(tmp_path))
+    Path(paths.daemon_state).write_text(json.dumps({
+        "pid": 1, "profile": "p", "expires_at": None, "next_renewal": None,
+        "last_renewal": {"time": 1_000_000, "ok": False, "message": "down\n\x1b[2Jowned"}}))
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold_pid_file, args=(paths.pid, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        code, report = woci.daemon_status_report(paths, "p", 1_000_100)
+    finally:
+        release.set()
+        holder.join(10)
+    assert code == 0 and "\x1b" not in report
+    assert "failed: down ?[2Jowned\n" in report

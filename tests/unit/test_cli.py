@@ -296,3 +296,24 @@ def test_doctor_without_configuration_fails_naming_every_required_key(tmp_path, 
     fails = [line for line in out.splitlines() if line.startswith("FAIL")]
     for key in woci.REQUIRED_KEYS:
         assert any(line.startswith(f"FAIL {key}: not set") for line in fails), key
+
+
+@pytest.mark.parametrize("argv", [["--status", "--json"], ["--status"], ["--version"],
+                                  ["--help"]])
+def test_a_reader_gone_from_stdout_is_no_traceback(tmp_path, argv):
+    """`woci --status --json | jq -e ...` where the reader exits first (or kubectl that
+    stopped reading): writing to the closed pipe raised BrokenPipeError, a traceback on
+    stderr. Nobody is left to read the answer: woci ends quietly, exit 1."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)   # the reader is gone before woci writes
+    script = f"import sys; sys.path.insert(0, {str(MODULE.parent)!r}); " \
+             "import oci_upst_session_manager as w; sys.exit(w.main())"
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    try:
+        result = subprocess.run([sys.executable, "-c", script, *argv], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
+    assert result.returncode == 1

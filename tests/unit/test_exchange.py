@@ -190,3 +190,20 @@ def test_unusable_key_file_is_replaced_with_a_warning(tmp_path, caplog):
         path.write_bytes(woci.private_key_pem(ec_key))
         assert woci.load_private_key(path) is None
         assert "not an RSA key" in caplog.text
+
+
+@pytest.mark.parametrize("exp", [10 ** 400, -(10 ** 400)], ids=["huge", "huge-negative"])
+def test_upst_with_an_exp_no_float_can_hold_is_refused(oci, key, exp):
+    oci.exchange_answer = json_answer(200, {"token": unsigned_jwt({"exp": exp})})
+    with pytest.raises(woci.ExchangeError, match="unusable token"):
+        woci.request_upst(oci.settings(), "at", key)
+
+
+@pytest.mark.parametrize("tenant", ["ocid1.tenancy\n[DEFAULT]\nkey_file=/etc/passwd", "t\r"])
+def test_upst_whose_tenant_would_break_the_oci_config_is_refused(oci, key, tenant):
+    """The tenant claim becomes the profile's tenancy line: a line break in it would let
+    the exchange write sections and keys into the user's OCI config. Nothing is saved."""
+    der = woci.public_key_der(key)
+    oci.exchange_answer = json_answer(200, {"token": oci.mint_upst(der, tenant=tenant)})
+    with pytest.raises(woci.ExchangeError, match="tenant"):
+        woci.request_upst(oci.settings(), "at", key)

@@ -2,6 +2,7 @@
 credential cache, on real files in a throw-away HOME."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -333,3 +334,52 @@ def test_every_name_the_module_uses_is_bound():
                              "--output-format", "concise", woci.__file__],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- hostile files -------------------------------------------------------------------------------
+
+
+def test_a_cache_entry_nested_too_deeply_is_ignored(home):
+    """A damaged entry is ignored (oci runs), whatever the damage: here JSON the parser
+    gives up on with RecursionError."""
+    entry = store(home, credential(time.time() + 240))
+    entry.write_text('{"key": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert answer(home, *OKE_ARGS) is None
+
+
+def test_oci_output_nested_too_deeply_is_not_kept(home):
+    entry = store(home, ('{"status": ' + "[" * 100_000 + "]" * 100_000 + "}").encode())
+    assert not entry.exists()
+
+
+@pytest.mark.parametrize("exp", [10 ** 400, -(10 ** 400)], ids=["huge", "huge-negative"])
+def test_a_token_with_an_exp_no_float_can_hold_goes_the_full_way(home, exp):
+    """exp - now, now a float as main() passes it, would raise OverflowError."""
+    (home / ".oci" / "sessions" / "dev" / "token").write_text(unsigned_jwt({"exp": exp}))
+    assert answer(home, "--profile", "dev", "os", "ns", "get", now=time.time()) is None
+
+
+def test_a_cache_entry_whose_expiry_no_float_can_hold_is_ignored(home):
+    entry = store(home, credential(time.time() + 240))
+    document = json.loads(entry.read_text())
+    document["expires_at"] = 10 ** 400
+    entry.write_text(json.dumps(document))
+    assert answer(home, *OKE_ARGS, now=time.time()) is None
+
+
+@pytest.mark.parametrize("name", ["config", "woci_manager.ini"])
+def test_a_fifo_for_the_oci_config_or_the_manager_ini_goes_the_full_way_at_once(home, name):
+    (home / ".oci" / name).unlink()
+    os.mkfifo(home / ".oci" / name)
+    assert answer(home, "--profile", "dev", "os", "ns", "get") is None
+
+
+def test_a_file_where_the_cache_folder_should_be_is_removed_not_a_failed_sign_in(home):
+    """clear_credential_cache runs in every sign-in: a stray file in the folder's place
+    made it fail (rmtree of a file) after the refresh token was stored."""
+    paths = woci.SessionPaths.for_profile("dev", {"HOME": str(home)})
+    Path(paths.credential_cache).write_text("not a folder")
+    assert woci.clear_credential_cache(paths) is True
+    assert not os.path.lexists(paths.credential_cache)
+    store(home, credential(time.time() + 240))   # and the cache works again
+    assert answer(home, *OKE_ARGS, now=time.time()) is not None

@@ -200,3 +200,39 @@ def test_mask_secret_shows_at_most_two_characters_and_the_length():
     assert woci.mask_secret("oci-secret-for-tests") == "oc*** (20 characters)"
     assert woci.mask_secret("short") == "*** (5 characters)"
     assert "secret" not in woci.mask_secret("oci-secret-for-tests")
+
+
+# --- hostile input -----------------------------------------------------------------------------
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000   # json.loads gives up with RecursionError
+
+
+def test_parse_json_makes_nesting_too_deep_a_value_error():
+    """Too deep for the parser is damage like any other: a ValueError, not a RecursionError
+    that no caller expects."""
+    with pytest.raises(ValueError, match="nested too deeply"):
+        woci.parse_json(DEEP_JSON)
+    assert woci.parse_json(b'{"a": [1]}') == {"a": [1]}
+
+
+def test_jwt_claims_nested_too_deeply_are_not_a_jwt():
+    """A token file (or a server's token) whose payload nests without end is no JWT."""
+    payload = base64.urlsafe_b64encode(('{"exp": 1, "a": ' + DEEP_JSON + "}").encode())
+    with pytest.raises(ValueError, match="not base64url JSON"):
+        woci.jwt_claims_unverified("e30." + payload.decode().rstrip("=") + ".sig")
+
+
+@pytest.mark.parametrize("exp", [10 ** 400, -(10 ** 400)], ids=["huge", "huge-negative"])
+def test_jwt_expiry_refuses_an_exp_no_float_can_hold(exp):
+    """An integer exp beyond a float's range is no time: every use of it (exp - now) would
+    raise OverflowError."""
+    with pytest.raises(ValueError, match="'exp'"):
+        woci.jwt_expiry(unsigned_jwt({"exp": exp}))
+
+
+@pytest.mark.parametrize("value, epoch", [
+    (1_900_000_000, 1_900_000_000.0), (1.5, 1.5), (10 ** 400, None), (-(10 ** 400), None),
+    (float("nan"), None), (float("inf"), None), (True, None), ("1", None), (None, None)],
+    ids=["int", "float", "huge", "huge-negative", "nan", "inf", "bool", "text", "none"])
+def test_epoch_or_none_takes_only_numbers_a_clock_can_compare(value, epoch):
+    assert woci.epoch_or_none(value) == epoch

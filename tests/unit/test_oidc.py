@@ -2,6 +2,7 @@
 browser sign-in, against real local HTTP servers."""
 
 import base64
+import json
 import logging
 import socket
 import struct
@@ -18,6 +19,7 @@ from tests.unit.fakes import (
     NO_PROXY,
     Answer,
     LocalServer,
+    SlowServer,
     free_port,
     json_answer,
     make_settings,
@@ -609,3 +611,157 @@ def test_probe_of_an_html_page_has_no_oauth_error():
     with LocalServer([Answer(404, "<html></html>", {"Content-Type": "text/html"})]) as srv:
         probe = woci.probe_endpoint(srv.url + "/nowhere")
     assert (probe.status, probe.content_type, probe.oauth_error) == (404, "text/html", None)
+
+
+# --- hostile answers -----------------------------------------------------------------------------
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("status, body", [(200, DEEP_JSON), (400, '{"error": ' + DEEP_JSON + "}")])
+def test_json_nested_too_deeply_is_an_http_error(status, body):
+    """An answer the JSON parser gives up on (RecursionError) is not JSON: HttpError naming
+    the endpoint, no traceback."""
+    answer = Answer(status, body, {"Content-Type": "application/json"})
+    with LocalServer([answer]) as server, pytest.raises(woci.HttpError, match="instead of JSON"):
+        post(server)
+
+
+def test_a_doctor_probe_answered_with_json_nested_too_deeply_is_an_answer():
+    with LocalServer([Answer(400, DEEP_JSON, {"Content-Type": "application/json"})]) as server:
+        probe = woci.probe_endpoint(server.url + "/token")
+    assert probe.status == 400 and probe.oauth_error is None
+
+
+def test_an_error_text_from_the_server_is_shown_on_one_line_without_control_characters():
+    """error and error_description are the server's text: a newline or an escape sequence in
+    them must not make woci's one error line several, or reach the terminal."""
+    answer = json_answer(400, {"error": "bad\nthing", "error_description": "one\r\ntwo\x1b[31m"})
+    with LocalServer([answer]) as server, pytest.raises(woci.OAuthError) as info:
+        post(server)
+    message = str(info.value)
+    assert "bad thing: one two?[31m" in message
+    assert message.isprintable() and info.value.error == "bad\nthing"
+
+
+def test_an_error_text_from_the_server_is_cut_short():
+    with LocalServer([json_answer(400, {"error": "x" * 100_000})]) as server, \
+            pytest.raises(woci.OAuthError) as info:
+        post(server)
+    assert len(str(info.value)) < 600 and str(info.value).endswith("...")
+
+
+def test_a_callback_error_is_shown_on_one_line_without_control_characters():
+    result = woci.evaluate_callback({"state": ["s"], "error": ["denied\n"],
+                                     "error_description": ["a\x1b]0;owned\x07 b"]}, "s")
+    assert result.error == "the provider refused the sign-in: denied: a?]0;owned? b"
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_an_http_error_naming_where_it_points_even_with_json(status):
+    """woci follows no redirect (a form with a refresh token must not be resent elsewhere);
+    a 3xx with a JSON body is no answer either: one line naming the Location."""
+    answer = json_answer(status, {"access_token": "at-from-a-redirect"},
+                         Location="https://elsewhere.example/token")
+    with LocalServer([answer]) as server, pytest.raises(woci.HttpError) as info:
+        post(server)
+    assert f"HTTP {status}" in str(info.value)
+    assert "https://elsewhere.example/token" in str(info.value)
+    assert len(server.requests) == 1
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+
+
+@pytest.mark.parametrize("script", [
+    [HEAD] + [b" "] * 200,                                    # the body a byte at a time
+    [b"HTTP/1.1 200 OK\r\n"] + [b"X-Slow: yes\r\n"] * 200,    # the headers a line at a time
+], ids=["body", "headers"])
+def test_an_answer_that_trickles_in_is_cut_off_at_a_deadline(monkeypatch, script):
+    """The read timeout bounds each wait for a byte, not the answer: a server (or proxy)
+    sending a byte now and then would hold woci for ever. The whole answer has a deadline,
+    retried like a timeout, then HttpError."""
+    monkeypatch.setattr(woci, "HTTP_ANSWER_MAX_SECONDS", 0.5)
+    monkeypatch.setattr(woci, "HTTP_ATTEMPTS", 2)
+    with SlowServer(script, pause=0.1) as server:
+        started = time.monotonic()
+        with pytest.raises(woci.HttpError) as info:
+            woci.post_form(server.url + "/token", {"a": "1"}, "token endpoint",
+                           sleep=Sleeps(), jitter=lambda: 0.0)
+        took = time.monotonic() - started
+    assert took < 5, took
+    assert "failed 2 times" in str(info.value) and "no complete answer within" in str(info.value)
+    assert server.connections == 2
+
+
+def test_an_answer_larger_than_the_limit_is_an_http_error(monkeypatch):
+    monkeypatch.setattr(woci, "HTTP_ANSWER_MAX_BYTES", 1000)
+    body = {"access_token": "a" * 2000}
+    with LocalServer([json_answer(200, body)]) as server, \
+            pytest.raises(woci.HttpError, match="more than 1000 bytes"):
+        post(server)
+    assert len(server.requests) == 1
+
+
+def test_a_doctor_probe_of_a_server_that_trickles_is_cut_off(monkeypatch):
+    monkeypatch.setattr(woci, "HTTP_ANSWER_MAX_SECONDS", 0.5)
+    with SlowServer([HEAD] + [b" "] * 200, pause=0.1) as server:
+        started = time.monotonic()
+        probe = woci.probe_endpoint(server.url + "/token")
+    assert time.monotonic() - started < 3
+    assert probe.status is None and "no complete answer within" in probe.problem
+
+
+def test_a_request_the_callback_cannot_handle_prints_no_traceback(callback, capfd):
+    """A request target urlsplit cannot parse (any local program can send one) made
+    socketserver print a traceback on woci's stderr in the middle of the sign-in; the wait
+    goes on and the browser's answer still ends it."""
+    def stray_then_browser():
+        with socket.create_connection(callback.server_address, timeout=5) as stray:
+            stray.sendall(b"GET http://[x/callback HTTP/1.1\r\nHost: x\r\n\r\n")
+            stray.recv(100)
+        get(callback.base + "/callback?state=st8&code=c0de")
+
+    thread = threading.Thread(target=stray_then_browser, daemon=True)
+    thread.start()
+    result = woci.wait_for_callback(callback, 10)
+    thread.join(timeout=10)
+    assert result.code == "c0de"
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("refresh", ["rt-2\n[x]", "rt 2", "rt-\u00e9", "rt-\x1b"],
+                         ids=["newline", "space", "non-ascii", "escape"])
+def test_a_refresh_token_the_store_could_not_read_back_is_not_taken(refresh, caplog):
+    """Saved, it would make the refresh token file 'damaged' (exit 2) at the next run, and
+    the session lost for good: it is dropped with a warning (the next renewal signs in)."""
+    with LocalServer([json_answer(200, {"access_token": "at-1", "refresh_token": refresh})]) \
+            as server:
+        tokens = woci.refresh_grant(make_settings(token_url=server.url + "/token"), "rt-1")
+    assert tokens == ("at-1", None)
+    assert "cannot store" in caplog.text and refresh not in caplog.text
+
+
+def test_a_doctor_probe_keeps_the_servers_words_to_one_plain_line():
+    """--doctor prints the probe's error and content type on one line each."""
+    answer = Answer(400, json.dumps({"error": "invalid_client\n\x1b[2Jowned"}),
+                    {"Content-Type": "application/json\x1b[31m"})
+    with LocalServer([answer]) as server:
+        probe = woci.probe_endpoint(server.url + "/token")
+    assert probe.oauth_error == "invalid_client ?[2Jowned"
+    assert probe.content_type == "application/json?[31m"
+
+
+@pytest.mark.parametrize("cut", range(285, 300, 3))
+def test_a_secret_the_server_quotes_where_its_text_is_cut_short_leaves_no_part_behind(cut):
+    """The server's text is cut at 300 characters: a secret quoted across that place must be
+    taken out before the cut, or its first characters would be shown."""
+    secret = "rt-0123456789abcdefghij"
+
+    def respond(request):
+        return json_answer(400, {"error": "invalid_grant",
+                                 "error_description": "x" * cut + " " + secret + " more"})
+
+    with LocalServer(respond) as server, pytest.raises(woci.OAuthError) as info:
+        post(server, {"grant_type": "refresh_token", "refresh_token": secret})
+    assert secret[:6] not in str(info.value)

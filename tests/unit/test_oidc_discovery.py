@@ -348,3 +348,22 @@ def test_device_flow_without_a_device_endpoint_in_the_document_is_a_configuratio
     assert "names no device_authorization_endpoint" in str(info.value)
     assert "set device_authorization_url" in str(info.value)
     assert info.value.exit_code == 2
+
+
+# --- hostile copies ----------------------------------------------------------------------------
+
+
+def test_a_copy_nested_too_deeply_is_no_copy(tmp_path):
+    path = tmp_path / "discovery.json"
+    path.write_text('{"issuer": "https://idp.example", "x": ' + "[" * 100_000 + "]" * 100_000
+                    + "}")
+    assert woci.read_discovery_cache(str(path), "https://idp.example", time.time()) is None
+
+
+@pytest.mark.parametrize("fetched_at", [10 ** 400, -(10 ** 400)], ids=["huge", "huge-negative"])
+def test_a_copy_dated_beyond_a_floats_range_is_no_copy(tmp_path, fetched_at):
+    """now - fetched_at would raise OverflowError."""
+    path = tmp_path / "discovery.json"
+    path.write_text(json.dumps({"issuer": "https://idp.example", "fetched_at": fetched_at,
+                                "endpoints": {"token_endpoint": "https://idp.example/t"}}))
+    assert woci.read_discovery_cache(str(path), "https://idp.example", time.time()) is None

@@ -463,3 +463,12 @@ def test_a_browser_command_that_cannot_be_split_is_a_configuration_error(command
 ])
 def test_no_browser_here(environ, platform, settings, expected):
     assert woci.no_browser_here(make_settings(**settings), environ, platform) is expected
+
+
+# --- hostile input -------------------------------------------------------------------------------
+
+
+def test_an_authorize_url_that_is_no_url_is_a_configuration_error():
+    settings = make_settings(authz_base_url="http://[::1/authorize")
+    with pytest.raises(woci.ConfigError, match="authz_base_url"):
+        woci.authorization_url(settings, "http://127.0.0.1:8181/callback", "s", "c")

@@ -568,3 +568,49 @@ def test_issuer_and_login_flow_after_the_oci_command_belong_to_oci():
     cmd = split(["--issuer", "https://idp.example", "iam", "x", "--issuer", "y"])
     assert cmd.woci == {"issuer": "https://idp.example"}
     assert cmd.oci_args == ["iam", "x", "--issuer", "y"]
+
+
+# --- absurd values -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, ini_extra", [
+    (["--login-timeout", "1e10"], ""),
+    ([], "login_timeout = 1e300\n"),
+    (["--refresh-safety-window", "1e300"], ""),
+], ids=["login-timeout-flag", "login-timeout-ini", "safety-window"])
+def test_seconds_beyond_a_day_are_configuration_errors(argv, ini_extra):
+    """A wait of 1e10 s is beyond what threading and select accept (OverflowError at the
+    sign-in); no sign-in waits, and no UPST lives, longer than a day."""
+    with pytest.raises(woci.ConfigError, match="positive number of seconds, at most 86400"):
+        settings_from(argv, REQUIRED_INI + ini_extra)
+    assert settings_from(["--login-timeout", "86400"]).login_timeout == 86400
+
+
+@pytest.mark.parametrize("argv, environ", [
+    (["--profile", "dev\n[DEFAULT]"], {}),
+    ([], {"OCI_CLI_PROFILE": "dev\rx"}),
+    (["--profile", "dev\u2028x"], {}),
+], ids=["newline", "carriage-return", "line-separator"])
+def test_a_profile_name_with_a_line_break_is_a_configuration_error(argv, environ):
+    """Written as a section header, it would split into two lines: an OCI config no
+    configparser (no oci) can read any more, or keys written into another section."""
+    with pytest.raises(woci.ConfigError, match="profile name"):
+        settings_from(argv, environ={"HOME": "/home/u", **environ})
+
+
+@pytest.mark.parametrize("argv, ini_extra", [
+    ([], "region = us-ashburn-1\n  [evil]\n"),
+    (["--region", "us-ashburn-1\n[evil]"], ""),
+], ids=["ini-continuation", "flag"])
+def test_a_region_with_a_line_break_is_a_configuration_error(argv, ini_extra):
+    with pytest.raises(woci.ConfigError, match="region"):
+        settings_from(argv, REQUIRED_INI + ini_extra)
+
+
+@pytest.mark.parametrize("path", ["/callback?from=woci", "/call back", "/callback#x", "/cb\x7fx"])
+def test_a_redirect_path_the_callback_could_never_match_is_a_configuration_error(path):
+    """The callback compares the request's path with redirect_path: with a query, a
+    fragment or white space in it no browser's request matches, and every sign-in would
+    wait out login_timeout."""
+    with pytest.raises(woci.ConfigError, match="redirect_path"):
+        settings_from([], REQUIRED_INI + f"redirect_path = {path}\n")

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -440,7 +441,7 @@ def test_unreadable_refresh_token_is_exit_2(tmp_path, monkeypatch):
     def refuse(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr("builtins.open", refuse)
+    monkeypatch.setattr(woci.os, "open", refuse)   # read_file_if_present opens with os.open
     with pytest.raises(woci.RefreshTokenError, match="Permission denied") as info:
         store(tmp_path).load()
     assert info.value.exit_code == 2
@@ -856,3 +857,168 @@ def test_stored_refresh_token_reads_only_files(tmp_path):
     for damaged in (b"", b"\xff\xfe", b"two words"):
         Path(paths.refresh_token).write_bytes(damaged)
         assert woci.stored_refresh_token(paths) == ("file", None, True)   # load() refuses it
+
+
+# --- hostile files -------------------------------------------------------------------------------
+
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+def test_encrypted_refresh_token_nested_too_deeply_is_damaged(tmp_path):
+    """JSON the parser gives up on (RecursionError): 'damaged', exit 2, like a truncated file."""
+    path = tmp_path / "refresh_token"
+    path.write_text('{"format": ' + DEEP_JSON + "}")
+    with pytest.raises(woci.RefreshTokenError, match="is damaged") as info:
+        store(tmp_path, {"PW": "pw"}, refresh_token_passphrase_env="PW").load()
+    assert info.value.exit_code == 2
+
+
+def test_session_token_nested_too_deeply_is_reported_not_raised(tmp_path):
+    paths = woci.SessionPaths(str(tmp_path))
+    payload = base64.urlsafe_b64encode(('{"exp": 1, "a": ' + DEEP_JSON + "}").encode())
+    (tmp_path / "token").write_text("e30." + payload.decode().rstrip("=") + ".sig")
+    state = woci.read_session_token(paths)
+    assert state.token is None and "unusable" in state.problem
+
+
+def test_keyring_marker_nested_too_deeply_names_no_item(tmp_path):
+    (tmp_path / "refresh_token.keyring").write_text('{"service": ' + DEEP_JSON + "}")
+    assert woci.KeyringItem.read_marker(str(tmp_path / "refresh_token.keyring")) is None
+
+
+def test_remove_if_present_of_a_folder_is_a_storage_error(tmp_path):
+    """A folder where woci expects its file (a pid file, a keyring marker): one line naming
+    it, not an IsADirectoryError traceback."""
+    (tmp_path / "woci_refresh.pid").mkdir()
+    with pytest.raises(woci.StorageError, match="cannot remove .*woci_refresh.pid: Is a directory"):
+        woci.remove_if_present(str(tmp_path / "woci_refresh.pid"))
+    assert woci.remove_if_present(str(tmp_path / "missing")) is False
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_reading_what_is_no_regular_file_is_a_storage_error_at_once(tmp_path, kind):
+    """A FIFO would hold the open up forever and /dev/zero never ends: neither is a file
+    woci or oci wrote."""
+    path = tmp_path / "token"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    with pytest.raises(woci.StorageError, match="not a regular file"):
+        woci.read_file_if_present(str(path))
+
+
+def test_reading_a_file_beyond_the_limit_is_a_storage_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(woci, "FILE_MAX_BYTES", 10)
+    (tmp_path / "big").write_bytes(b"x" * 11)
+    (tmp_path / "fits").write_bytes(b"x" * 10)
+    with pytest.raises(woci.StorageError, match="larger than"):
+        woci.read_file_if_present(str(tmp_path / "big"))
+    assert woci.read_file_if_present(str(tmp_path / "fits")) == b"x" * 10
+
+
+def test_a_session_token_that_is_a_fifo_is_reported_not_waited_for(tmp_path):
+    os.mkfifo(tmp_path / "token")
+    state = woci.read_session_token(woci.SessionPaths(str(tmp_path)))
+    assert state.token is None and "not a regular file" in state.problem
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_an_unreadable_refresh_token_is_exit_2(tmp_path, kind):
+    """SPEC 9: an unreadable refresh token is a configuration error (2), not a runtime one."""
+    path = tmp_path / "refresh_token"
+    path.mkdir() if kind == "folder" else os.mkfifo(path)
+    with pytest.raises(woci.RefreshTokenError) as info:
+        store(tmp_path).load()
+    assert info.value.exit_code == 2 and str(path) in str(info.value)
+
+
+def test_manager_ini_that_is_a_fifo_is_not_waited_for(tmp_path):
+    os.mkfifo(tmp_path / "woci_manager.ini")
+    with pytest.raises(woci.ConfigError, match="not a regular file"):
+        woci.load_manager_ini([str(tmp_path / "woci_manager.ini")], explicit=True)
+    assert woci.load_manager_ini([str(tmp_path / "woci_manager.ini")], explicit=False) == \
+        (None, None)
+
+
+def test_manager_ini_line_endings_are_read_as_configparser_reads_a_file(tmp_path):
+    path = tmp_path / "woci_manager.ini"
+    path.write_bytes(b"[COMMON]\r\nscope = a\r\n[p]\rscope = b\r")
+    _, parser = woci.load_manager_ini([str(path)], explicit=True)
+    assert parser.get("COMMON", "scope") == "a" and parser.get("p", "scope") == "b"
+
+
+@pytest.mark.parametrize("profile, values", [
+    ("dev", {"tenancy": "ocid1\n[DEFAULT]\nkey_file=/etc/passwd"}),
+    ("dev", {"region": "r\r"}),
+    ("dev\n[DEFAULT]", {"region": "r"}),
+], ids=["value-newline", "value-carriage-return", "profile-newline"])
+def test_upsert_refuses_a_line_break_that_would_rewrite_the_file(profile, values):
+    """The last guard of the user's OCI config: a line break in a value or the profile name
+    would make lines (a section, a key) woci never meant to write."""
+    text = "[DEFAULT]\nregion = us-ashburn-1\n"
+    with pytest.raises(woci.ConfigError, match="line break"):
+        woci.upsert_profile(text, profile, values)
+
+
+def test_a_keyring_marker_naming_another_programs_item_names_none(tmp_path):
+    """A marker edited (or damaged) to name another service's item would have woci send that
+    secret to the provider as a refresh token, and --logout delete it: only woci's own
+    service is taken."""
+    marker = tmp_path / "refresh_token.keyring"
+    marker.write_text(json.dumps({"service": "github.com", "username": "me"}))
+    assert woci.KeyringItem.read_marker(str(marker)) is None
+    marker.write_text(json.dumps({"service": "woci", "username": "/x/config [p]"}))
+    assert woci.KeyringItem.read_marker(str(marker)) == ("woci", "/x/config [p]")
+
+
+def test_atomic_write_removes_what_a_write_killed_before_its_rename_left(tmp_path):
+    """A woci killed between mkstemp and rename leaves a temporary copy (a token, a refresh
+    token) behind for good; the next write of that file removes old ones, never another
+    writer's fresh one or anything not named like woci's."""
+    target = tmp_path / "token"
+    stale, fresh = tmp_path / ".token.abcd1234.tmp", tmp_path / ".token.efgh5678.tmp"
+    other = tmp_path / ".token.someone-else.tmp"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"half a tok")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    woci.atomic_write(str(target), b"new")
+    assert sorted(os.listdir(tmp_path)) == sorted([".token.efgh5678.tmp", ".token.someone-else.tmp",
+                                                   "token"])
+
+
+def test_a_passphrase_that_is_not_utf8_in_the_environment_works(tmp_path):
+    """Python hands a variable's bytes that are not UTF-8 over as surrogates ('\\xff' ->
+    '\\udcff'); encoding them strictly raised UnicodeEncodeError, a traceback at the first
+    save. The variable's own bytes are the passphrase."""
+    environ = {"PW": b"pass\xffword".decode("utf-8", "surrogateescape")}
+    s = store(tmp_path, environ, refresh_token_passphrase_env="PW")
+    s.save("rt-1")
+    assert store(tmp_path, dict(environ), refresh_token_passphrase_env="PW").load() == "rt-1"
+
+
+def test_rewriting_the_oci_config_keeps_its_owner(tmp_path, monkeypatch):
+    """The rename puts a new file in the config's place, owned by whoever runs woci: a
+    `sudo woci` keeping HOME made the user's own ~/.oci/config root's, mode 0600, and the
+    user could no longer read it. The new file is given the old one's owner (only root can;
+    anyone else writes files that are theirs already)."""
+    config = tmp_path / "config"
+    config.write_text("[DEFAULT]\nregion = r\n")
+    given = []
+    real_fchown = os.fchown
+
+    def fchown(fd, uid, gid):
+        given.append((uid, gid))
+        real_fchown(fd, uid, gid)
+
+    monkeypatch.setattr(woci.os, "fchown", fchown)
+    woci.write_oci_config(str(config), "[DEFAULT]\nregion = r\n", "[DEFAULT]\nregion = s\n")
+    info = os.stat(config)
+    assert given == [(info.st_uid, info.st_gid)]
+    assert config.read_text() == "[DEFAULT]\nregion = s\n"
+    if os.geteuid() == 0:   # root can show it for real
+        os.chown(config, 12345, 12345)
+        woci.write_oci_config(str(config), "[DEFAULT]\nregion = s\n", "[DEFAULT]\nregion = t\n")
+        assert (os.stat(config).st_uid, os.stat(config).st_gid) == (12345, 12345)

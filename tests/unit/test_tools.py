@@ -316,3 +316,50 @@ def test_doctor_with_a_broken_explicit_manager_config_still_runs(tmp_path):
     assert check.level == "FAIL" and "does not exist" in check.message
     assert isinstance(ctx.settings, woci.Settings)
     assert Path(str(tmp_path / "missing.ini")).name in check.message
+
+
+@pytest.mark.parametrize("exp", [10 ** 400, -(10 ** 400)], ids=["huge", "huge-negative"])
+def test_status_of_a_token_with_an_exp_no_float_can_hold(tmp_path, exp):
+    """exp - now would raise OverflowError: the token is unusable, reported, no traceback."""
+    paths = session_folder(tmp_path, {"exp": exp})
+    report = woci.session_status(paths, "p", NOW)
+    assert report.document["session"]["exp"] is None and report.token_problem
+    woci.status_text(report, NOW)
+
+
+@pytest.mark.parametrize("argv", [["--daemon-status"], ["--stop-daemon"]])
+def test_a_folder_named_like_the_pid_file_is_one_error_line(tmp_path, argv, capsys):
+    paths = session_folder(tmp_path)
+    Path(paths.pid).mkdir()
+    assert woci.main(["--profile", "p", *argv], {"HOME": str(tmp_path)}) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("woci: error: ") and err.count("\n") == 1 and paths.pid in err
+
+
+def test_a_folder_named_like_the_keyring_marker_is_one_error_line(tmp_path, capsys,
+                                                                   monkeypatch):
+    paths = session_folder(tmp_path, refresh="rt")
+    Path(paths.keyring_marker).mkdir()
+
+    class Backend:
+        def get_password(self, service, username):
+            return None
+
+    monkeypatch.setattr(woci, "open_keyring", lambda: (Backend(), "test backend"))
+    settings = woci.build_settings(woci.split_command_line(["--profile", "p"]),
+                                   {"HOME": str(tmp_path)}, None, None, required=())
+    store = woci.RefreshTokenStore(paths.refresh_token, woci.NoPassphrase(),
+                                   paths.keyring_marker, open_backend=woci.open_keyring)
+    with pytest.raises(woci.StorageError, match="Is a directory"):
+        store.settle()
+    assert "the keyring item" not in woci.logout(settings, {"HOME": str(tmp_path)})
+
+
+def test_status_text_shows_a_subject_with_control_characters_harmlessly(tmp_path):
+    """The subject comes from OCI's token: an escape sequence in it must not reach the
+    terminal, a newline must not add a line to the report."""
+    paths = session_folder(tmp_path, {"exp": NOW + 600, "sub": "me\n\x1b]0;owned\x07",
+                                      "tenant": "ocid1.tenancy\x1b[2J"})
+    text = woci.status_text(woci.session_status(paths, "p", NOW), NOW)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "subject: me ?]0;owned?\n" in text and "tenancy: ocid1.tenancy?[2J\n" in text
