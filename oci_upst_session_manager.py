@@ -3862,12 +3862,15 @@ class Renewer:
                 raise
             except WociError as exc:
                 return self.back_off(str(exc))
-            if state.expires_at is None or state.expires_at - self.now() <= lead:
-                # Renewing again at once would spend a grant and an exchange in a loop.
+            if self.next_due(state) <= self.now():
+                # Judged by the new token's own lead (its life may differ from the old one's):
+                # renewing again at once would spend a grant and an exchange in a loop.
+                valid_until = "no time" if state.expires_at is None else \
+                    format_timestamp(state.expires_at)
                 return self.back_off(
                     f"the new session token is due for renewal again at once (valid until "
-                    f"{format_timestamp(state.expires_at or 0)}): it lives less than "
-                    "refresh_safety_window, or this machine's clock is off")
+                    f"{valid_until}): it lives less than refresh_safety_window, or this "
+                    "machine's clock is off")
             self.failures = 0
             valid_until = format_timestamp(state.expires_at or 0)
             self.last = RenewalRecord(self.now(), True, f"valid until {valid_until}")

@@ -298,6 +298,24 @@ def test_a_renewal_whose_token_is_due_at_once_backs_off_instead_of_renewing_in_a
     assert "refresh_safety_window" in caplog.text
 
 
+
+@pytest.mark.parametrize("old_token", [
+    lambda now: "garbage",                          # no usable token: the lead is the window
+    lambda now: make_token(now - 3500, now + 100),  # an hour-long UPST: lead 600 s
+], ids=["no-old-token", "old-token-lived-longer"])
+def test_a_renewal_is_judged_by_the_new_tokens_own_lead(clock, old_token):
+    """A 10-minute UPST (lead 200 s) replacing an hour-long one, or arriving where no token
+    was, is a good renewal: it is due in 400 s, not again at once."""
+    now = int(clock())
+    r = renewer(clock, old_token(now), [make_token(now, now + 600)])
+
+    wait = r.step()
+
+    assert r.last.ok is True, r.last.message
+    assert r.failures == 0
+    assert wait == woci.BACKGROUND_MAX_SLEEP_SECONDS
+
+
 def _hold_file_naming(path, text, ready, release):
     import fcntl
 
