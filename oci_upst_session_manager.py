@@ -126,6 +126,8 @@ HTTP_ATTEMPTS = 4
 # wants (a token, a discovery document) comes near the size.
 HTTP_ANSWER_MAX_SECONDS = HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1]
 HTTP_ANSWER_MAX_BYTES = 1024 * 1024
+# A body is read in pieces of at most this, so the deadline is seen between them.
+HTTP_READ_PIECE_BYTES = 16 * 1024
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
 RETRY_AFTER_MAX_SECONDS = 30.0
@@ -2511,32 +2513,95 @@ def _sent_secrets(form: Mapping[str, str] | None, basic: tuple[str, str] | None)
             for variant in (value, urllib.parse.quote_plus(value), urllib.parse.quote(value))]
 
 
+def _too_slow(deadline: float) -> Exception:
+    import requests
+
+    return requests.exceptions.Timeout(f"no complete answer within {format_duration(deadline)}")
+
+
+def _bound_next_wait(raw, left: float) -> None:
+    """The next wait for a byte ends when the time left does (the read timeout is the socket's
+    timeout, set by urllib3 again before every request on the connection)."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:
+        current = sock.gettimeout()
+        sock.settimeout(left if current is None else min(left, current))
+
+
+def _read_piece(raw) -> bytes:
+    """What has come, up to a piece (read1, urllib3 2.3 and later); an older urllib3 has only
+    read, which waits for the whole piece."""
+    import requests
+    import urllib3
+
+    read = getattr(raw, "read1", None) or raw.read
+    try:
+        return read(HTTP_READ_PIECE_BYTES, decode_content=True)
+    except urllib3.exceptions.ReadTimeoutError as exc:   # as requests' iter_content maps them
+        raise requests.exceptions.ConnectionError(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+
+
+def _read_body(response, ends_at: float, deadline: float, what: str, url: str) -> bytes:
+    """The body, a piece at a time so that the deadline (ends_at, on time.monotonic) is seen
+    between pieces, each wait bounded by the time left; at most HTTP_ANSWER_MAX_BYTES."""
+    body = bytearray()
+    while True:
+        left = ends_at - time.monotonic()
+        if left <= 0:
+            raise _too_slow(deadline)
+        _bound_next_wait(response.raw, left)
+        try:
+            piece = _read_piece(response.raw)
+        except Exception:
+            if time.monotonic() < ends_at:
+                raise
+            # The wait the time left bounded ran out. Raised outside this handler, so the
+            # cause shown is the deadline, not a read timeout.
+            piece = None
+        if piece is None:
+            raise _too_slow(deadline)
+        if not piece:
+            return bytes(body)
+        body += piece
+        if len(body) > HTTP_ANSWER_MAX_BYTES:
+            raise HttpError(f"the {what} at {url} answered with more than "
+                            f"{HTTP_ANSWER_MAX_BYTES} bytes; is the URL right?")
+
+
 def _fetch(http, method: str, url: str, what: str, deadline: float,
            **request_args) -> tuple[object, bytes]:
     """One request and its whole answer (at most HTTP_ANSWER_MAX_BYTES) within deadline
     seconds. requests' read timeout bounds each wait for a byte, so a server or proxy that
-    sends one now and then would hold woci for ever: the request runs in a thread, left
-    behind when the deadline passes (its own read timeout ends it)."""
+    sends one now and then would hold woci for ever.
+
+    The request runs in a thread, waited for until the deadline (Ctrl-C still ends the wait).
+    The thread reads the body a piece at a time, each wait bounded by the time left, and
+    closes the connection once the deadline has passed, so it ends with the deadline. Two
+    cases it outlives: the headers, read by http.client, which woci cannot stop between lines
+    (a server trickling them keeps the thread until a wait reaches the read timeout, or
+    http.client's limit of 100 lines of 64 KiB is passed), and a body read by a urllib3
+    older than 2.3, whose read waits for a whole piece.
+    """
     import threading
 
-    import requests
-
     outcome: list = []
+    ends_at = time.monotonic() + deadline
 
     def fetch() -> None:
         try:
             response = http.request(method, url, stream=True, **request_args)
             try:
-                body = bytearray()
-                for chunk in response.iter_content(64 * 1024):
-                    body += chunk
-                    if len(body) > HTTP_ANSWER_MAX_BYTES:
-                        raise HttpError(f"the {what} at {url} answered with more than "
-                                        f"{HTTP_ANSWER_MAX_BYTES} bytes; is the URL right?")
+                body = _read_body(response, ends_at, deadline, what, url)
             except BaseException:
-                response.close()
+                response.close()   # the connection too: nothing more is read from it
                 raise
-            outcome.append((response, bytes(body)))
+            outcome.append((response, body))
         except BaseException as exc:  # handed to the caller's thread, raised there
             outcome.append(exc)
 
@@ -2544,8 +2609,7 @@ def _fetch(http, method: str, url: str, what: str, deadline: float,
     worker.start()
     worker.join(deadline)
     if not outcome:
-        raise requests.exceptions.Timeout(f"no complete answer within "
-                                          f"{format_duration(deadline)}")
+        raise _too_slow(deadline)
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]

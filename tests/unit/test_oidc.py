@@ -694,6 +694,25 @@ def test_an_answer_that_trickles_in_is_cut_off_at_a_deadline(monkeypatch, script
     assert server.connections == 2
 
 
+def test_a_trickled_answer_cut_off_leaves_no_thread_reading_it(monkeypatch):
+    """The worker that reads an answer past its deadline stops too, and closes the
+    connection: in --auto-refresh, threads left reading would pile up, a socket each."""
+    monkeypatch.setattr(woci, "HTTP_ANSWER_MAX_SECONDS", 0.5)
+    monkeypatch.setattr(woci, "HTTP_ATTEMPTS", 1)
+    with SlowServer([HEAD] + [b" "] * 200, pause=0.1) as server:
+        with pytest.raises(woci.HttpError, match="no complete answer within"):
+            woci.post_form(server.url + "/token", {"a": "1"}, "token endpoint",
+                           sleep=Sleeps(), jitter=lambda: 0.0)
+        waited_until = time.monotonic() + 3
+        while time.monotonic() < waited_until and (
+                server.cut_off < 1 or any(thread.name == "woci-http"
+                                          for thread in threading.enumerate())):
+            time.sleep(0.05)
+        assert [thread.name for thread in threading.enumerate()
+                if thread.name == "woci-http"] == []
+        assert server.cut_off == 1
+
+
 def test_an_answer_larger_than_the_limit_is_an_http_error(monkeypatch):
     monkeypatch.setattr(woci, "HTTP_ANSWER_MAX_BYTES", 1000)
     body = {"access_token": "a" * 2000}
