@@ -2468,8 +2468,9 @@ def _short_cause(exc: BaseException) -> str:
 
 def _parse_oauth_answer(response, body: bytes, url: str, what: str, skew: float | None,
                         any_success: bool = False, secrets: list[str] | None = None) -> dict:
-    """The answer's JSON object; the server's words in errors are cut short, so the secrets
-    sent are taken out of them first (a secret cut in two would not be found later)."""
+    """The answer's JSON object. The server's words quoted in errors (and only they: never the
+    URL or woci's own words) have the secrets sent taken out, before they are cut short (a
+    secret cut in two would not be found)."""
     def said(value: object, limit: int) -> str:
         return plain_text(redacted(str(value), secrets or []), limit)
 
@@ -2487,8 +2488,7 @@ def _parse_oauth_answer(response, body: bytes, url: str, what: str, skew: float 
     except ValueError:
         document = None
     if not isinstance(document, dict):
-        ctype = plain_text(response.headers.get("Content-Type", "no content type").split(";")[0],
-                           80)
+        ctype = said(response.headers.get("Content-Type", "no content type").split(";")[0], 80)
         raise HttpError(f"the {what} at {url} answered HTTP {response.status_code} with "
                         f"{ctype} instead of JSON; is the URL right?{note}")
     if response.status_code >= 400 or "error" in document:
@@ -2509,8 +2509,9 @@ def _sent_secrets(form: Mapping[str, str] | None, basic: tuple[str, str] | None)
     if basic:
         values.append(basic[1])
         values.append(base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode("ascii"))
-    return [variant for value in values
-            for variant in (value, urllib.parse.quote_plus(value), urllib.parse.quote(value))]
+    variants = (variant for value in values
+                for variant in (value, urllib.parse.quote_plus(value), urllib.parse.quote(value)))
+    return list(dict.fromkeys(variants))
 
 
 def _too_slow(deadline: float) -> Exception:
@@ -2639,6 +2640,8 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
     tls = {"verify": ca_bundle} if ca_bundle else {}
     last_problem = ""
     skew: float | None = None
+    # A server may quote the request in its answer (its body, its Authorization header):
+    # whatever of the server's woci shows is shown without these.
     secrets = _sent_secrets(form, basic)
     try:
         for attempt in range(HTTP_ATTEMPTS):
@@ -2652,12 +2655,13 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                     auth=basic if basic else _no_netrc, allow_redirects=False, **tls)
             except requests.exceptions.SSLError as exc:
                 raise HttpError(f"TLS failure talking to the {what} at {url}: "
-                                f"{_short_cause(exc)}") from exc
+                                f"{redacted(_short_cause(exc), secrets)}") from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 last_problem = redacted(_short_cause(exc), secrets)
                 retry_after = None
             except requests.exceptions.RequestException as exc:
-                raise HttpError(f"cannot call the {what} at {url}: {_short_cause(exc)}") from exc
+                raise HttpError(f"cannot call the {what} at {url}: "
+                                f"{redacted(_short_cause(exc), secrets)}") from exc
             except UnicodeEncodeError:
                 # requests encodes Basic credentials as Latin-1; its error would name the
                 # character and its place in the secret.
@@ -2677,10 +2681,6 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                 # it may reach a server that works.
                 http.close()
                 sleep(retry_delay(attempt, retry_after, jitter))
-    except WociError as exc:
-        # A server may quote the request in its answer: its body, its Authorization header.
-        exc.args = (redacted(str(exc), secrets), *exc.args[1:])
-        raise
     finally:
         if own_client:
             http.close()

@@ -196,6 +196,23 @@ def test_secrets_a_server_echoes_are_not_repeated_in_the_error(status):
         assert secret not in message and urllib.parse.quote_plus(secret) not in message
 
 
+def test_only_the_servers_words_are_redacted_not_the_url_or_woci_s_own():
+    """A secret that is also a word ("secret", "request") is taken out of what the server
+    said, not out of the URL or woci's own words around it."""
+    form = {"grant_type": "refresh_token", "refresh_token": "secret", "code": "request"}
+    answer = json_answer(400, {"error": "invalid_grant",
+                               "error_description": "secret is wrong, request refused"})
+    with LocalServer([answer]) as server, pytest.raises(woci.OAuthError) as info:
+        post(server, form, path="/secret/token")
+    assert str(info.value) == (f"the token endpoint at {server.url}/secret/token refused the "
+                               "request: invalid_grant: *** is wrong, *** refused")
+
+
+def test_the_secrets_searched_for_are_each_named_once():
+    assert woci._sent_secrets({"refresh_token": "rt-plain", "code": "a b"}, None) == [
+        "rt-plain", "a b", "a+b", "a%20b"]
+
+
 def test_a_client_secret_http_basic_cannot_carry_is_a_configuration_error():
     """requests encodes Basic credentials as Latin-1: a secret with a character outside it
     raised UnicodeEncodeError (a traceback, naming the character and its place in the
