@@ -2784,6 +2784,19 @@ def endpoint_fits_issuer(endpoint: str, issuer: str) -> bool:
     return not issuer.lower().startswith("https://") or endpoint.lower().startswith("https://")
 
 
+def unparsable_url(url: str) -> str | None:
+    """Why urlsplit cannot take url apart (an unclosed IPv6 bracket, a port out of range), or
+    None. A discovered endpoint is checked when the document is read: found later, at the
+    sign-in, the problem would be blamed on a setting the user never set."""
+    import urllib.parse
+
+    try:
+        urllib.parse.urlsplit(url).port   # the port is checked only when it is asked for
+    except ValueError as exc:
+        return one_line(exc)
+    return None
+
+
 def discovery_endpoints(document: object, issuer: str, url: str) -> dict[str, str]:
     """The endpoints a discovery document names; DiscoveryError unless it is the issuer's own
     (section 4.3: its issuer must be exactly the one configured)."""
@@ -2802,6 +2815,10 @@ def discovery_endpoints(document: object, issuer: str, url: str) -> dict[str, st
         if not isinstance(value, str) or not is_http_url(value):
             raise DiscoveryError(f"the discovery document at {url} names an unusable {name} "
                                  f"({shown(value)}): not an http(s) URL")
+        problem = unparsable_url(value)
+        if problem:
+            raise DiscoveryError(f"the discovery document at {url} names an unusable {name} "
+                                 f"({shown(value)}): {plain_text(problem, 100)}")
         if not endpoint_fits_issuer(value, issuer):
             raise DiscoveryError(f"the discovery document at {url} names a {name} that is "
                                  f"not https ({shown(value)}) for an https issuer, so "
@@ -2830,7 +2847,7 @@ def read_discovery_cache(path: str, issuer: str, now: float) -> CachedDiscovery 
     fetched, endpoints = epoch_or_none(document.get("fetched_at")), document.get("endpoints")
     if fetched is None or not isinstance(endpoints, dict):
         return None
-    if not all(isinstance(value, str) and is_http_url(value)
+    if not all(isinstance(value, str) and is_http_url(value) and not unparsable_url(value)
                and endpoint_fits_issuer(value, issuer) for value in endpoints.values()):
         return None
     age = now - fetched

@@ -130,6 +130,32 @@ def test_a_copy_naming_plain_http_endpoints_for_an_https_issuer_is_not_used(tmp_
     assert woci.read_discovery_cache(str(path), "https://i", time.time()) is None
 
 
+@pytest.mark.parametrize("name, value", [
+    ("authorization_endpoint", "https://[idp.example/authorize"),
+    ("token_endpoint", "https://idp.example:99999/token"),
+])
+def test_a_document_naming_an_endpoint_urlsplit_cannot_parse_is_refused_and_not_kept(
+        tmp_path, name, value):
+    """Accepted, such an endpoint failed only at the sign-in, as an exit-2 error naming
+    authz_base_url, a setting the user never set: it is the document's fault, named so."""
+    path = tmp_path / woci.DISCOVERY_FILE
+    with LocalServer([Answer()]) as server:
+        server.respond = [json_answer(200, document_for(server, **{name: value}))]
+        with pytest.raises(woci.DiscoveryError) as info:
+            woci.discover(issuer_settings(server), str(path))
+    message = str(info.value)
+    assert f"unusable {name}" in message and "authz_base_url" not in message
+    assert info.value.exit_code == 1
+    assert not path.exists()
+
+
+def test_a_copy_naming_an_endpoint_urlsplit_cannot_parse_is_not_used(tmp_path):
+    path = tmp_path / "discovery.json"
+    path.write_text(json.dumps({"issuer": "https://i", "fetched_at": time.time(),
+                                "endpoints": {"authorization_endpoint": "https://[i/a"}}))
+    assert woci.read_discovery_cache(str(path), "https://i", time.time()) is None
+
+
 def test_endpoints_the_document_lacks_are_simply_absent():
     endpoints = woci.discovery_endpoints({"issuer": "https://i", "token_endpoint": "https://i/t"},
                                          "https://i", "u")
