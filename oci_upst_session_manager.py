@@ -182,6 +182,10 @@ DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SECRET_FORM_FIELDS = frozenset({"code", "code_verifier", "refresh_token", "subject_token",
                                 "device_code", "token", "client_secret"})
 REDACTION_MIN_CHARS = 4
+# The endpoint settings woci sends secrets to (or the user, in the browser, the password):
+# plain http to another machine draws a warning.
+SECRET_BEARING_ENDPOINTS = ("authz_base_url", "token_url", "token_exchange_url",
+                            "device_authorization_url", "revocation_url")
 
 # RFC 8628: poll every `interval` seconds (5 when the provider names none), 5 more after each
 # slow_down.
@@ -2900,17 +2904,15 @@ def endpoints_needed(settings: Settings, signing_in: bool) -> tuple[str, ...]:
             else "authz_base_url")
 
 
-# The endpoints a renewal or a sign-in sends secrets to (or, in the browser, the password).
-SECRET_BEARING_ENDPOINTS = ("authz_base_url", "token_url", "token_exchange_url",
-                            "device_authorization_url")
-
-
 def in_clear_text_to_another_machine(url: str) -> bool:
     """http:// to a host that is not this machine: what is sent there crosses a network."""
     import ipaddress
     import urllib.parse
 
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return False   # no request reaches it: the call that uses it says why
     if parts.scheme.lower() != "http":
         return False
     host = (parts.hostname or "").lower()
@@ -2922,6 +2924,11 @@ def in_clear_text_to_another_machine(url: str) -> bool:
         return True
 
 
+def warn_of_clear_text(field: str, url: str) -> None:
+    log().warning("%s %s is plain http to another machine: what woci (or you, in the browser) "
+                  "sends there crosses the network in clear text; use its https URL", field, url)
+
+
 def warn_of_clear_text_endpoints(settings: Settings) -> None:
     """One warning per plain-http endpoint on another machine (token_exchange_url defaults
     to token_url: one line for both)."""
@@ -2930,9 +2937,7 @@ def warn_of_clear_text_endpoints(settings: Settings) -> None:
         url = getattr(settings, field)
         if url and url not in warned and in_clear_text_to_another_machine(url):
             warned.add(url)
-            log().warning("%s %s is plain http to another machine: what woci (or you, in the "
-                          "browser) sends there crosses the network in clear text; use its "
-                          "https URL", field, url)
+            warn_of_clear_text(field, url)
 
 
 def resolve_endpoints(settings: Settings, discovery_cache: str, signing_in: bool = True,
@@ -4566,6 +4571,8 @@ def revoke_at_provider(settings: Settings, paths: SessionPaths, tokens: list[str
         log().warning("no revocation_url is configured, so the refresh token was not revoked at "
                     "the provider: it stays valid there until it expires")
         return False
+    if in_clear_text_to_another_machine(url):   # it carries the refresh token and secret
+        warn_of_clear_text("revocation_url", url)
     revoked = True
     for token in tokens:
         try:

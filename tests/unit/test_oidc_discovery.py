@@ -300,6 +300,21 @@ def test_plain_http_to_another_machine_draws_a_warning_naming_each_endpoint(tmp_
     assert caplog.records == []
 
 
+def test_a_plain_http_revocation_endpoint_on_another_machine_draws_a_warning(tmp_path, caplog):
+    """revocation_url carries the refresh token and the client secret too."""
+    settings = make_settings(revocation_url="http://idp.example/revoke")
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.resolve_endpoints(settings, tmp_path / woci.DISCOVERY_FILE)
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.startswith("revocation_url http://idp.example/revoke is plain http")
+
+
+def test_an_endpoint_urlsplit_cannot_parse_draws_no_warning_and_no_traceback(tmp_path):
+    """revocation_url is checked at every renewal now: a broken one must not crash it."""
+    settings = make_settings(revocation_url="http://[idp.example/revoke")
+    assert woci.resolve_endpoints(settings, tmp_path / woci.DISCOVERY_FILE).revocation_url
+
+
 def test_a_plain_http_issuer_on_another_machine_draws_a_warning(tmp_path, caplog):
     """Its discovery document says where every secret goes: read over plain http from
     another machine, anyone on the way can point the endpoints elsewhere (even at https
