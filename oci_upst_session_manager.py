@@ -3128,10 +3128,16 @@ def open_callback_server(port: int, path: str, state: str):
             return True
 
         def handle_error(self, request, client_address) -> None:
-            # socketserver prints a traceback on stderr; any local process can cause one
-            # (connect, send, reset), and the result of the sign-in is already kept.
-            log().debug("a connection to the sign-in callback failed: %s",
-                        one_line(sys.exc_info()[1] or Exception()))
+            # Not socketserver's traceback on stderr, in the middle of the sign-in. A client
+            # that resets or goes away (any local process can) is no news; anything else is
+            # a fault in woci's handler, which may leave the sign-in waiting: said on one line.
+            exc = sys.exc_info()[1] or Exception()
+            if isinstance(exc, OSError):   # ConnectionError among them: resets, broken pipes
+                log().debug("a connection to the sign-in callback failed: %s", one_line(exc))
+            else:
+                log().warning("the sign-in callback could not handle a request (%s: %s); if "
+                              "the sign-in does not end, run woci again", type(exc).__name__,
+                              plain_text(one_line(exc), 200))
 
     class CallbackHandler(http.server.BaseHTTPRequestHandler):
         server: CallbackServer
@@ -3139,7 +3145,12 @@ def open_callback_server(port: int, path: str, state: str):
         timeout = 5.0
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            parts = urllib.parse.urlsplit(self.path)
+            try:
+                parts = urllib.parse.urlsplit(self.path)
+            except ValueError:   # an unclosed IPv6 bracket: any local program can send one
+                self._answer(400, callback_page("Bad request", "This is woci's sign-in "
+                                                "callback."))
+                return
             if parts.path != self.server.expected_path or self.server.answered.is_set():
                 # favicon.ico and other strays: not our business, and not the end of the wait.
                 self._answer(404, callback_page("Not found", "This is woci's sign-in callback."))

@@ -766,6 +766,47 @@ def test_a_request_the_callback_cannot_handle_prints_no_traceback(callback, capf
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_a_request_target_urlsplit_cannot_parse_is_answered_400(callback):
+    def stray():
+        with socket.create_connection(callback.server_address, timeout=5) as conn:
+            conn.sendall(b"GET http://[x/callback HTTP/1.1\r\nHost: x\r\n\r\n")
+            return conn.recv(100)
+
+    serving = threading.Thread(target=callback.serve_forever, kwargs={"poll_interval": 0.05},
+                               daemon=True)
+    serving.start()
+    try:
+        assert stray().startswith(b"HTTP/1.0 400 ")
+    finally:
+        callback.shutdown()
+
+
+@pytest.mark.parametrize("fault, level", [(RuntimeError("handler bug"), logging.WARNING),
+                                          (ConnectionResetError("reset"), logging.DEBUG),
+                                          (BrokenPipeError("gone"), logging.DEBUG)],
+                         ids=["bug", "reset", "broken-pipe"])
+def test_a_fault_in_the_callback_handler_is_a_warning_a_client_gone_is_debug(
+        callback, caplog, capfd, monkeypatch, fault, level):
+    """A client that resets or goes away is no news; a bug in woci's handler would leave the
+    sign-in waiting silently until login_timeout: one WARNING line, no traceback."""
+    def evaluate(*args):
+        raise fault
+    def browser():
+        with pytest.raises(OSError):   # the handler's fault leaves it no answer
+            get(callback.base + "/callback?state=st8&code=c")
+
+    monkeypatch.setattr(woci, "evaluate_callback", evaluate)
+    thread = threading.Thread(target=browser, daemon=True)
+    with caplog.at_level(logging.DEBUG, logger="woci"):
+        thread.start()
+        with pytest.raises(woci.AuthError, match="timed out"):
+            woci.wait_for_callback(callback, 1)
+        thread.join(timeout=10)
+    (record,) = [r for r in caplog.records if "sign-in callback" in r.getMessage()]
+    assert record.levelno == level and str(fault) in record.getMessage()
+    assert "\n" not in record.getMessage() and "Traceback" not in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("refresh", ["rt-2\n[x]", "rt 2", "rt-\u00e9", "rt-\x1b"],
                          ids=["newline", "space", "non-ascii", "escape"])
 def test_a_refresh_token_the_store_could_not_read_back_is_not_taken(refresh, caplog):
