@@ -126,6 +126,8 @@ HTTP_ATTEMPTS = 4
 # wants (a token, a discovery document) comes near the size.
 HTTP_ANSWER_MAX_SECONDS = HTTP_TIMEOUT[0] + HTTP_TIMEOUT[1]
 HTTP_ANSWER_MAX_BYTES = 1024 * 1024
+# A body is read in pieces of at most this, so the deadline is seen between them.
+HTTP_READ_PIECE_BYTES = 16 * 1024
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 8.0
 RETRY_AFTER_MAX_SECONDS = 30.0
@@ -180,6 +182,10 @@ DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SECRET_FORM_FIELDS = frozenset({"code", "code_verifier", "refresh_token", "subject_token",
                                 "device_code", "token", "client_secret"})
 REDACTION_MIN_CHARS = 4
+# The endpoint settings woci sends secrets to (or the user, in the browser, the password):
+# plain http to another machine draws a warning.
+SECRET_BEARING_ENDPOINTS = ("authz_base_url", "token_url", "token_exchange_url",
+                            "device_authorization_url", "revocation_url")
 
 # RFC 8628: poll every `interval` seconds (5 when the provider names none), 5 more after each
 # slow_down.
@@ -2466,8 +2472,9 @@ def _short_cause(exc: BaseException) -> str:
 
 def _parse_oauth_answer(response, body: bytes, url: str, what: str, skew: float | None,
                         any_success: bool = False, secrets: list[str] | None = None) -> dict:
-    """The answer's JSON object; the server's words in errors are cut short, so the secrets
-    sent are taken out of them first (a secret cut in two would not be found later)."""
+    """The answer's JSON object. The server's words quoted in errors (and only they: never the
+    URL or woci's own words) have the secrets sent taken out, before they are cut short (a
+    secret cut in two would not be found)."""
     def said(value: object, limit: int) -> str:
         return plain_text(redacted(str(value), secrets or []), limit)
 
@@ -2485,8 +2492,7 @@ def _parse_oauth_answer(response, body: bytes, url: str, what: str, skew: float 
     except ValueError:
         document = None
     if not isinstance(document, dict):
-        ctype = plain_text(response.headers.get("Content-Type", "no content type").split(";")[0],
-                           80)
+        ctype = said(response.headers.get("Content-Type", "no content type").split(";")[0], 80)
         raise HttpError(f"the {what} at {url} answered HTTP {response.status_code} with "
                         f"{ctype} instead of JSON; is the URL right?{note}")
     if response.status_code >= 400 or "error" in document:
@@ -2507,36 +2513,100 @@ def _sent_secrets(form: Mapping[str, str] | None, basic: tuple[str, str] | None)
     if basic:
         values.append(basic[1])
         values.append(base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode("ascii"))
-    return [variant for value in values
-            for variant in (value, urllib.parse.quote_plus(value), urllib.parse.quote(value))]
+    variants = (variant for value in values
+                for variant in (value, urllib.parse.quote_plus(value), urllib.parse.quote(value)))
+    return list(dict.fromkeys(variants))
+
+
+def _too_slow(deadline: float) -> Exception:
+    import requests
+
+    return requests.exceptions.Timeout(f"no complete answer within {format_duration(deadline)}")
+
+
+def _bound_next_wait(raw, left: float) -> None:
+    """The next wait for a byte ends when the time left does (the read timeout is the socket's
+    timeout, set by urllib3 again before every request on the connection)."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:
+        current = sock.gettimeout()
+        sock.settimeout(left if current is None else min(left, current))
+
+
+def _read_piece(raw) -> bytes:
+    """What has come, up to a piece (read1, urllib3 2.3 and later); an older urllib3 has only
+    read, which waits for the whole piece."""
+    import requests
+    import urllib3
+
+    read = getattr(raw, "read1", None) or raw.read
+    try:
+        return read(HTTP_READ_PIECE_BYTES, decode_content=True)
+    except urllib3.exceptions.ReadTimeoutError as exc:   # as requests' iter_content maps them
+        raise requests.exceptions.ConnectionError(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+
+
+def _read_body(response, ends_at: float, deadline: float, what: str, url: str) -> bytes:
+    """The body, a piece at a time so that the deadline (ends_at, on time.monotonic) is seen
+    between pieces, each wait bounded by the time left; at most HTTP_ANSWER_MAX_BYTES."""
+    body = bytearray()
+    while True:
+        left = ends_at - time.monotonic()
+        if left <= 0:
+            raise _too_slow(deadline)
+        _bound_next_wait(response.raw, left)
+        try:
+            piece = _read_piece(response.raw)
+        except Exception:
+            if time.monotonic() < ends_at:
+                raise
+            # The wait the time left bounded ran out. Raised outside this handler, so the
+            # cause shown is the deadline, not a read timeout.
+            piece = None
+        if piece is None:
+            raise _too_slow(deadline)
+        if not piece:
+            return bytes(body)
+        body += piece
+        if len(body) > HTTP_ANSWER_MAX_BYTES:
+            raise HttpError(f"the {what} at {url} answered with more than "
+                            f"{HTTP_ANSWER_MAX_BYTES} bytes; is the URL right?")
 
 
 def _fetch(http, method: str, url: str, what: str, deadline: float,
            **request_args) -> tuple[object, bytes]:
     """One request and its whole answer (at most HTTP_ANSWER_MAX_BYTES) within deadline
     seconds. requests' read timeout bounds each wait for a byte, so a server or proxy that
-    sends one now and then would hold woci for ever: the request runs in a thread, left
-    behind when the deadline passes (its own read timeout ends it)."""
+    sends one now and then would hold woci for ever.
+
+    The request runs in a thread, waited for until the deadline (Ctrl-C still ends the wait).
+    The thread reads the body a piece at a time, each wait bounded by the time left, and
+    closes the connection once the deadline has passed, so it ends with the deadline. Two
+    cases it outlives: the headers, read by http.client, which woci cannot stop between lines
+    (a server trickling them keeps the thread until a wait reaches the read timeout, or
+    http.client's limit of 100 lines of 64 KiB is passed), and a body read by a urllib3
+    older than 2.3, whose read waits for a whole piece.
+    """
     import threading
 
-    import requests
-
     outcome: list = []
+    ends_at = time.monotonic() + deadline
 
     def fetch() -> None:
         try:
             response = http.request(method, url, stream=True, **request_args)
             try:
-                body = bytearray()
-                for chunk in response.iter_content(64 * 1024):
-                    body += chunk
-                    if len(body) > HTTP_ANSWER_MAX_BYTES:
-                        raise HttpError(f"the {what} at {url} answered with more than "
-                                        f"{HTTP_ANSWER_MAX_BYTES} bytes; is the URL right?")
+                body = _read_body(response, ends_at, deadline, what, url)
             except BaseException:
-                response.close()
+                response.close()   # the connection too: nothing more is read from it
                 raise
-            outcome.append((response, bytes(body)))
+            outcome.append((response, body))
         except BaseException as exc:  # handed to the caller's thread, raised there
             outcome.append(exc)
 
@@ -2544,8 +2614,7 @@ def _fetch(http, method: str, url: str, what: str, deadline: float,
     worker.start()
     worker.join(deadline)
     if not outcome:
-        raise requests.exceptions.Timeout(f"no complete answer within "
-                                          f"{format_duration(deadline)}")
+        raise _too_slow(deadline)
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
@@ -2575,6 +2644,8 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
     tls = {"verify": ca_bundle} if ca_bundle else {}
     last_problem = ""
     skew: float | None = None
+    # A server may quote the request in its answer (its body, its Authorization header):
+    # whatever of the server's woci shows is shown without these.
     secrets = _sent_secrets(form, basic)
     try:
         for attempt in range(HTTP_ATTEMPTS):
@@ -2588,12 +2659,13 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                     auth=basic if basic else _no_netrc, allow_redirects=False, **tls)
             except requests.exceptions.SSLError as exc:
                 raise HttpError(f"TLS failure talking to the {what} at {url}: "
-                                f"{_short_cause(exc)}") from exc
+                                f"{redacted(_short_cause(exc), secrets)}") from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 last_problem = redacted(_short_cause(exc), secrets)
                 retry_after = None
             except requests.exceptions.RequestException as exc:
-                raise HttpError(f"cannot call the {what} at {url}: {_short_cause(exc)}") from exc
+                raise HttpError(f"cannot call the {what} at {url}: "
+                                f"{redacted(_short_cause(exc), secrets)}") from exc
             except UnicodeEncodeError:
                 # requests encodes Basic credentials as Latin-1; its error would name the
                 # character and its place in the secret.
@@ -2613,10 +2685,6 @@ def _call_json(method: str, url: str, what: str, form: Mapping[str, str] | None,
                 # it may reach a server that works.
                 http.close()
                 sleep(retry_delay(attempt, retry_after, jitter))
-    except WociError as exc:
-        # A server may quote the request in its answer: its body, its Authorization header.
-        exc.args = (redacted(str(exc), secrets), *exc.args[1:])
-        raise
     finally:
         if own_client:
             http.close()
@@ -2720,6 +2788,19 @@ def endpoint_fits_issuer(endpoint: str, issuer: str) -> bool:
     return not issuer.lower().startswith("https://") or endpoint.lower().startswith("https://")
 
 
+def unparsable_url(url: str) -> str | None:
+    """Why urlsplit cannot take url apart (an unclosed IPv6 bracket, a port out of range), or
+    None. A discovered endpoint is checked when the document is read: found later, at the
+    sign-in, the problem would be blamed on a setting the user never set."""
+    import urllib.parse
+
+    try:
+        urllib.parse.urlsplit(url).port   # the port is checked only when it is asked for
+    except ValueError as exc:
+        return one_line(exc)
+    return None
+
+
 def discovery_endpoints(document: object, issuer: str, url: str) -> dict[str, str]:
     """The endpoints a discovery document names; DiscoveryError unless it is the issuer's own
     (section 4.3: its issuer must be exactly the one configured)."""
@@ -2738,6 +2819,10 @@ def discovery_endpoints(document: object, issuer: str, url: str) -> dict[str, st
         if not isinstance(value, str) or not is_http_url(value):
             raise DiscoveryError(f"the discovery document at {url} names an unusable {name} "
                                  f"({shown(value)}): not an http(s) URL")
+        problem = unparsable_url(value)
+        if problem:
+            raise DiscoveryError(f"the discovery document at {url} names an unusable {name} "
+                                 f"({shown(value)}): {plain_text(problem, 100)}")
         if not endpoint_fits_issuer(value, issuer):
             raise DiscoveryError(f"the discovery document at {url} names a {name} that is "
                                  f"not https ({shown(value)}) for an https issuer, so "
@@ -2766,7 +2851,7 @@ def read_discovery_cache(path: str, issuer: str, now: float) -> CachedDiscovery 
     fetched, endpoints = epoch_or_none(document.get("fetched_at")), document.get("endpoints")
     if fetched is None or not isinstance(endpoints, dict):
         return None
-    if not all(isinstance(value, str) and is_http_url(value)
+    if not all(isinstance(value, str) and is_http_url(value) and not unparsable_url(value)
                and endpoint_fits_issuer(value, issuer) for value in endpoints.values()):
         return None
     age = now - fetched
@@ -2819,17 +2904,15 @@ def endpoints_needed(settings: Settings, signing_in: bool) -> tuple[str, ...]:
             else "authz_base_url")
 
 
-# The endpoints a renewal or a sign-in sends secrets to (or, in the browser, the password).
-SECRET_BEARING_ENDPOINTS = ("authz_base_url", "token_url", "token_exchange_url",
-                            "device_authorization_url")
-
-
 def in_clear_text_to_another_machine(url: str) -> bool:
     """http:// to a host that is not this machine: what is sent there crosses a network."""
     import ipaddress
     import urllib.parse
 
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return False   # no request reaches it: the call that uses it says why
     if parts.scheme.lower() != "http":
         return False
     host = (parts.hostname or "").lower()
@@ -2841,6 +2924,11 @@ def in_clear_text_to_another_machine(url: str) -> bool:
         return True
 
 
+def warn_of_clear_text(field: str, url: str) -> None:
+    log().warning("%s %s is plain http to another machine: what woci (or you, in the browser) "
+                  "sends there crosses the network in clear text; use its https URL", field, url)
+
+
 def warn_of_clear_text_endpoints(settings: Settings) -> None:
     """One warning per plain-http endpoint on another machine (token_exchange_url defaults
     to token_url: one line for both)."""
@@ -2849,9 +2937,7 @@ def warn_of_clear_text_endpoints(settings: Settings) -> None:
         url = getattr(settings, field)
         if url and url not in warned and in_clear_text_to_another_machine(url):
             warned.add(url)
-            log().warning("%s %s is plain http to another machine: what woci (or you, in the "
-                          "browser) sends there crosses the network in clear text; use its "
-                          "https URL", field, url)
+            warn_of_clear_text(field, url)
 
 
 def resolve_endpoints(settings: Settings, discovery_cache: str, signing_in: bool = True,
@@ -3042,10 +3128,16 @@ def open_callback_server(port: int, path: str, state: str):
             return True
 
         def handle_error(self, request, client_address) -> None:
-            # socketserver prints a traceback on stderr; any local process can cause one
-            # (connect, send, reset), and the result of the sign-in is already kept.
-            log().debug("a connection to the sign-in callback failed: %s",
-                        one_line(sys.exc_info()[1] or Exception()))
+            # Not socketserver's traceback on stderr, in the middle of the sign-in. A client
+            # that resets or goes away (any local process can) is no news; anything else is
+            # a fault in woci's handler, which may leave the sign-in waiting: said on one line.
+            exc = sys.exc_info()[1] or Exception()
+            if isinstance(exc, OSError):   # ConnectionError among them: resets, broken pipes
+                log().debug("a connection to the sign-in callback failed: %s", one_line(exc))
+            else:
+                log().warning("the sign-in callback could not handle a request (%s: %s); if "
+                              "the sign-in does not end, run woci again", type(exc).__name__,
+                              plain_text(one_line(exc), 200))
 
     class CallbackHandler(http.server.BaseHTTPRequestHandler):
         server: CallbackServer
@@ -3053,7 +3145,12 @@ def open_callback_server(port: int, path: str, state: str):
         timeout = 5.0
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            parts = urllib.parse.urlsplit(self.path)
+            try:
+                parts = urllib.parse.urlsplit(self.path)
+            except ValueError:   # an unclosed IPv6 bracket: any local program can send one
+                self._answer(400, callback_page("Bad request", "This is woci's sign-in "
+                                                "callback."))
+                return
             if parts.path != self.server.expected_path or self.server.answered.is_set():
                 # favicon.ico and other strays: not our business, and not the end of the wait.
                 self._answer(404, callback_page("Not found", "This is woci's sign-in callback."))
@@ -4488,6 +4585,8 @@ def revoke_at_provider(settings: Settings, paths: SessionPaths, tokens: list[str
         log().warning("no revocation_url is configured, so the refresh token was not revoked at "
                     "the provider: it stays valid there until it expires")
         return False
+    if in_clear_text_to_another_machine(url):   # it carries the refresh token and secret
+        warn_of_clear_text("revocation_url", url)
     revoked = True
     for token in tokens:
         try:

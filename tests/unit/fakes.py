@@ -340,11 +340,13 @@ class FakeIdentity:
 class SlowServer:
     """A raw TCP server on 127.0.0.1 that reads a request and answers with `script`: a list
     of byte strings sent `pause` seconds apart (a server or proxy that dribbles its answer).
-    Every connection gets the same script; all are closed when the server stops."""
+    Every connection gets the same script; all are closed when the server stops. cut_off
+    counts the connections the client closed before the script ended."""
 
     def __init__(self, script: list[bytes], pause: float):
         self.script, self.pause = script, pause
         self.connections = 0
+        self.cut_off = 0
         self.stopping = threading.Event()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -378,7 +380,7 @@ class SlowServer:
                         return
                     conn.sendall(piece)
             except OSError:
-                return
+                self.cut_off += 1
 
     def __enter__(self) -> Self:
         self.acceptor.start()

@@ -196,6 +196,23 @@ def test_secrets_a_server_echoes_are_not_repeated_in_the_error(status):
         assert secret not in message and urllib.parse.quote_plus(secret) not in message
 
 
+def test_only_the_servers_words_are_redacted_not_the_url_or_woci_s_own():
+    """A secret that is also a word ("secret", "request") is taken out of what the server
+    said, not out of the URL or woci's own words around it."""
+    form = {"grant_type": "refresh_token", "refresh_token": "secret", "code": "request"}
+    answer = json_answer(400, {"error": "invalid_grant",
+                               "error_description": "secret is wrong, request refused"})
+    with LocalServer([answer]) as server, pytest.raises(woci.OAuthError) as info:
+        post(server, form, path="/secret/token")
+    assert str(info.value) == (f"the token endpoint at {server.url}/secret/token refused the "
+                               "request: invalid_grant: *** is wrong, *** refused")
+
+
+def test_the_secrets_searched_for_are_each_named_once():
+    assert woci._sent_secrets({"refresh_token": "rt-plain", "code": "a b"}, None) == [
+        "rt-plain", "a b", "a+b", "a%20b"]
+
+
 def test_a_client_secret_http_basic_cannot_carry_is_a_configuration_error():
     """requests encodes Basic credentials as Latin-1: a secret with a character outside it
     raised UnicodeEncodeError (a traceback, naming the character and its place in the
@@ -694,6 +711,25 @@ def test_an_answer_that_trickles_in_is_cut_off_at_a_deadline(monkeypatch, script
     assert server.connections == 2
 
 
+def test_a_trickled_answer_cut_off_leaves_no_thread_reading_it(monkeypatch):
+    """The worker that reads an answer past its deadline stops too, and closes the
+    connection: in --auto-refresh, threads left reading would pile up, a socket each."""
+    monkeypatch.setattr(woci, "HTTP_ANSWER_MAX_SECONDS", 0.5)
+    monkeypatch.setattr(woci, "HTTP_ATTEMPTS", 1)
+    with SlowServer([HEAD] + [b" "] * 200, pause=0.1) as server:
+        with pytest.raises(woci.HttpError, match="no complete answer within"):
+            woci.post_form(server.url + "/token", {"a": "1"}, "token endpoint",
+                           sleep=Sleeps(), jitter=lambda: 0.0)
+        waited_until = time.monotonic() + 3
+        while time.monotonic() < waited_until and (
+                server.cut_off < 1 or any(thread.name == "woci-http"
+                                          for thread in threading.enumerate())):
+            time.sleep(0.05)
+        assert [thread.name for thread in threading.enumerate()
+                if thread.name == "woci-http"] == []
+        assert server.cut_off == 1
+
+
 def test_an_answer_larger_than_the_limit_is_an_http_error(monkeypatch):
     monkeypatch.setattr(woci, "HTTP_ANSWER_MAX_BYTES", 1000)
     body = {"access_token": "a" * 2000}
@@ -728,6 +764,47 @@ def test_a_request_the_callback_cannot_handle_prints_no_traceback(callback, capf
     thread.join(timeout=10)
     assert result.code == "c0de"
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_request_target_urlsplit_cannot_parse_is_answered_400(callback):
+    def stray():
+        with socket.create_connection(callback.server_address, timeout=5) as conn:
+            conn.sendall(b"GET http://[x/callback HTTP/1.1\r\nHost: x\r\n\r\n")
+            return conn.recv(100)
+
+    serving = threading.Thread(target=callback.serve_forever, kwargs={"poll_interval": 0.05},
+                               daemon=True)
+    serving.start()
+    try:
+        assert stray().startswith(b"HTTP/1.0 400 ")
+    finally:
+        callback.shutdown()
+
+
+@pytest.mark.parametrize("fault, level", [(RuntimeError("handler bug"), logging.WARNING),
+                                          (ConnectionResetError("reset"), logging.DEBUG),
+                                          (BrokenPipeError("gone"), logging.DEBUG)],
+                         ids=["bug", "reset", "broken-pipe"])
+def test_a_fault_in_the_callback_handler_is_a_warning_a_client_gone_is_debug(
+        callback, caplog, capfd, monkeypatch, fault, level):
+    """A client that resets or goes away is no news; a bug in woci's handler would leave the
+    sign-in waiting silently until login_timeout: one WARNING line, no traceback."""
+    def evaluate(*args):
+        raise fault
+    def browser():
+        with pytest.raises(OSError):   # the handler's fault leaves it no answer
+            get(callback.base + "/callback?state=st8&code=c")
+
+    monkeypatch.setattr(woci, "evaluate_callback", evaluate)
+    thread = threading.Thread(target=browser, daemon=True)
+    with caplog.at_level(logging.DEBUG, logger="woci"):
+        thread.start()
+        with pytest.raises(woci.AuthError, match="timed out"):
+            woci.wait_for_callback(callback, 1)
+        thread.join(timeout=10)
+    (record,) = [r for r in caplog.records if "sign-in callback" in r.getMessage()]
+    assert record.levelno == level and str(fault) in record.getMessage()
+    assert "\n" not in record.getMessage() and "Traceback" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("refresh", ["rt-2\n[x]", "rt 2", "rt-\u00e9", "rt-\x1b"],

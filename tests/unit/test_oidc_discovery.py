@@ -130,6 +130,32 @@ def test_a_copy_naming_plain_http_endpoints_for_an_https_issuer_is_not_used(tmp_
     assert woci.read_discovery_cache(str(path), "https://i", time.time()) is None
 
 
+@pytest.mark.parametrize("name, value", [
+    ("authorization_endpoint", "https://[idp.example/authorize"),
+    ("token_endpoint", "https://idp.example:99999/token"),
+])
+def test_a_document_naming_an_endpoint_urlsplit_cannot_parse_is_refused_and_not_kept(
+        tmp_path, name, value):
+    """Accepted, such an endpoint failed only at the sign-in, as an exit-2 error naming
+    authz_base_url, a setting the user never set: it is the document's fault, named so."""
+    path = tmp_path / woci.DISCOVERY_FILE
+    with LocalServer([Answer()]) as server:
+        server.respond = [json_answer(200, document_for(server, **{name: value}))]
+        with pytest.raises(woci.DiscoveryError) as info:
+            woci.discover(issuer_settings(server), str(path))
+    message = str(info.value)
+    assert f"unusable {name}" in message and "authz_base_url" not in message
+    assert info.value.exit_code == 1
+    assert not path.exists()
+
+
+def test_a_copy_naming_an_endpoint_urlsplit_cannot_parse_is_not_used(tmp_path):
+    path = tmp_path / "discovery.json"
+    path.write_text(json.dumps({"issuer": "https://i", "fetched_at": time.time(),
+                                "endpoints": {"authorization_endpoint": "https://[i/a"}}))
+    assert woci.read_discovery_cache(str(path), "https://i", time.time()) is None
+
+
 def test_endpoints_the_document_lacks_are_simply_absent():
     endpoints = woci.discovery_endpoints({"issuer": "https://i", "token_endpoint": "https://i/t"},
                                          "https://i", "u")
@@ -272,6 +298,21 @@ def test_plain_http_to_another_machine_draws_a_warning_naming_each_endpoint(tmp_
         woci.resolve_endpoints(make_settings(token_url="http://[::1]:9/token"),
                                tmp_path / woci.DISCOVERY_FILE)
     assert caplog.records == []
+
+
+def test_a_plain_http_revocation_endpoint_on_another_machine_draws_a_warning(tmp_path, caplog):
+    """revocation_url carries the refresh token and the client secret too."""
+    settings = make_settings(revocation_url="http://idp.example/revoke")
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.resolve_endpoints(settings, tmp_path / woci.DISCOVERY_FILE)
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.startswith("revocation_url http://idp.example/revoke is plain http")
+
+
+def test_an_endpoint_urlsplit_cannot_parse_draws_no_warning_and_no_traceback(tmp_path):
+    """revocation_url is checked at every renewal now: a broken one must not crash it."""
+    settings = make_settings(revocation_url="http://[idp.example/revoke")
+    assert woci.resolve_endpoints(settings, tmp_path / woci.DISCOVERY_FILE).revocation_url
 
 
 def test_a_plain_http_issuer_on_another_machine_draws_a_warning(tmp_path, caplog):

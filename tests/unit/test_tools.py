@@ -2,6 +2,7 @@
 --doctor checks, on real files in a temporary HOME and against local HTTP servers."""
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -158,6 +159,22 @@ def test_logout_revokes_and_deletes_everything_of_the_session(tmp_path):
     assert sorted(p.name for p in Path(paths.folder).iterdir()) == ["woci.lock"]
     assert config.read_text() == "[p]\ntenancy=t\n"
     assert woci.logout(settings, {"HOME": str(tmp_path)}).startswith("nothing to do")
+
+
+def test_logout_warns_of_a_plain_http_revocation_endpoint_on_another_machine(
+        tmp_path, caplog, monkeypatch):
+    """The revocation carries the refresh token and the client secret: in clear text across
+    the network it draws the renewal path's warning."""
+    paths, config = logout_home(tmp_path)
+    revoked = []
+    monkeypatch.setattr(woci, "revoke_refresh_token",
+                        lambda settings, url, token: revoked.append(url))
+    settings = make_settings(oci_config_file=config, revocation_url="http://idp.example/revoke")
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.logout(settings, {"HOME": str(tmp_path)})
+    assert revoked == ["http://idp.example/revoke"]
+    (line,) = [r.getMessage() for r in caplog.records if "clear text" in r.getMessage()]
+    assert line.startswith("revocation_url http://idp.example/revoke is plain http")
 
 
 def test_logout_offline_warns_and_still_deletes(tmp_path, caplog):
