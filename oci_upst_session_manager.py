@@ -3135,9 +3135,9 @@ def open_callback_server(port: int, path: str, state: str):
             if isinstance(exc, OSError):   # ConnectionError among them: resets, broken pipes
                 log().debug("a connection to the sign-in callback failed: %s", one_line(exc))
             else:
-                log().warning("the sign-in callback could not handle a request (%s: %s); if "
-                              "the sign-in does not end, run woci again", type(exc).__name__,
-                              plain_text(one_line(exc), 200))
+                # The type only: the message of a fault may quote the request, its code too.
+                log().warning("the sign-in callback could not handle a request (%s); if the "
+                              "sign-in does not end, run woci again", type(exc).__name__)
 
     class CallbackHandler(http.server.BaseHTTPRequestHandler):
         server: CallbackServer
