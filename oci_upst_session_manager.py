@@ -556,20 +556,27 @@ def absolute(path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
-def read_file_if_present(path: str) -> bytes | None:
+# --- reading a file: the one helper here that does I/O, as settings (3) read the INI with it --
+
+
+def read_file_if_present(path: str, named: bool = False) -> bytes | None:
     """The file's bytes, None when it is absent; StorageError for anything that is not a
     regular file of at most FILE_MAX_BYTES. O_NONBLOCK: a FIFO in its place must not hold
-    up the open."""
+    up the open. named: a path the user gave by flag or environment variable, which may also
+    be a FIFO or a character device (`<(vault ...)`, /dev/null), read blocking up to the same
+    cap; auto-discovered and session paths may not, as a FIFO there would hang every run."""
     import stat
 
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if named else os.O_NONBLOCK)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from exc
     kind = os.fstat(fd).st_mode
-    if not stat.S_ISREG(kind):
+    streamed = named and (stat.S_ISFIFO(kind) or stat.S_ISCHR(kind))
+    if not (stat.S_ISREG(kind) or streamed):
         os.close(fd)
         if stat.S_ISDIR(kind):
             raise StorageError(f"{path} is a folder, not a file")
@@ -585,10 +592,10 @@ def read_file_if_present(path: str) -> bytes | None:
     return data
 
 
-def read_text_file(path: str) -> str | None:
+def read_text_file(path: str, named: bool = False) -> str | None:
     """read_file_if_present as UTF-8 text with universal newlines, as open() in text mode
     reads it (configparser reads files that way)."""
-    raw = read_file_if_present(path)
+    raw = read_file_if_present(path, named)
     if raw is None:
         return None
     return raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
@@ -1057,12 +1064,17 @@ def load_manager_ini(candidates: list[str], explicit: bool
                      ) -> tuple[str | None, configparser.ConfigParser | None]:
     for path in candidates:
         try:
-            text = read_text_file(path)
-        except (StorageError, UnicodeDecodeError) as exc:
+            text = read_text_file(path, named=explicit)
+        except StorageError as exc:   # its message names the path already
             if explicit:
-                raise ConfigError(f"cannot read manager config {path}: {describe_os_error(exc)}")
+                raise ConfigError(f"manager config: {exc}") from exc
+            log().warning("manager config: %s; going on without it", exc)
+            continue
+        except UnicodeDecodeError as exc:
+            if explicit:
+                raise ConfigError(f"cannot read manager config {path}: {one_line(exc)}") from exc
             log().warning("cannot read manager config %s (%s); going on without it", path,
-                        describe_os_error(exc))
+                          one_line(exc))
             continue
         if text is None:
             if explicit:

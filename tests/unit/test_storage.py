@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -933,12 +934,41 @@ def test_an_unreadable_refresh_token_is_exit_2(tmp_path, kind):
     assert info.value.exit_code == 2 and str(path) in str(info.value)
 
 
-def test_manager_ini_that_is_a_fifo_is_not_waited_for(tmp_path):
+def test_discovered_manager_ini_that_is_a_fifo_is_not_waited_for(tmp_path):
     os.mkfifo(tmp_path / "woci_manager.ini")
-    with pytest.raises(woci.ConfigError, match="not a regular file"):
-        woci.load_manager_ini([str(tmp_path / "woci_manager.ini")], explicit=True)
     assert woci.load_manager_ini([str(tmp_path / "woci_manager.ini")], explicit=False) == \
         (None, None)
+
+
+def test_named_manager_ini_may_be_a_fifo_or_a_device(tmp_path):
+    """`--manager-config <(vault ...)` and WOCI_MANAGER_CONFIG=/dev/null: the user named it,
+    so it is read blocking, up to the same cap."""
+    fifo = tmp_path / "from-vault"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "w") as writer:
+            writer.write("[COMMON]\nscope = openid\n")
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    path, ini = woci.load_manager_ini([str(fifo)], explicit=True)
+    feeder.join(5)
+    assert path == str(fifo) and ini.get("COMMON", "scope") == "openid"
+    path, ini = woci.load_manager_ini(["/dev/null"], explicit=True)
+    assert path == "/dev/null" and ini.sections() == []
+
+
+def test_named_file_that_streams_without_end_is_cut_at_the_cap(monkeypatch):
+    monkeypatch.setattr(woci, "FILE_MAX_BYTES", 10)
+    with pytest.raises(woci.StorageError, match="larger than"):
+        woci.read_file_if_present("/dev/zero", named=True)
+
+
+def test_named_manager_ini_that_is_a_folder_names_it_once(tmp_path):
+    with pytest.raises(woci.ConfigError) as info:
+        woci.load_manager_ini([str(tmp_path)], explicit=True)
+    assert str(info.value).count(str(tmp_path)) == 1 and "folder" in str(info.value)
 
 
 def test_manager_ini_line_endings_are_read_as_configparser_reads_a_file(tmp_path):
