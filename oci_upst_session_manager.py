@@ -1355,18 +1355,43 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def _is_stale_temporary_file(entry: os.DirEntry, prefix: str, now: float) -> bool:
+    return entry.name.startswith(prefix) and entry.name.endswith(".tmp") and \
+        len(entry.name) == len(prefix) + 12 and entry.is_file(follow_symlinks=False) and \
+        now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_FILE_SECONDS
+
+
+def _remove_if_unlocked(path: str) -> None:
+    """Unlink a temporary file no writer holds: atomic_write keeps an exclusive flock on its
+    own until the rename, so age alone (a stopped woci, an NFS clock behind) takes none away
+    from a writer still alive."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return   # a writer's, however old it looks
+        os.unlink(path)
+    finally:
+        os.close(fd)
+
+
 def _remove_stale_temporary_files(folder: str, name: str) -> None:
     """What atomic_write of name left when it was killed before its rename (a copy of a
-    token, say): mkstemp's names, .<name>.<8 characters>.tmp, old enough to be no one's."""
+    token, say): mkstemp's names, .<name>.<8 characters>.tmp, old and unlocked."""
     prefix, now = f".{name}.", time.time()
     try:
-        for entry in os.scandir(folder):
-            if entry.name.startswith(prefix) and entry.name.endswith(".tmp") and \
-                    len(entry.name) == len(prefix) + 12 and entry.is_file(follow_symlinks=False) \
-                    and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_FILE_SECONDS:
-                os.unlink(entry.path)
+        stale = [entry.path for entry in os.scandir(folder)
+                 if _is_stale_temporary_file(entry, prefix, now)]
     except OSError:
-        pass   # only tidying: the write itself decides
+        return   # only tidying: the write itself decides
+    for path in stale:
+        try:
+            _remove_if_unlocked(path)
+        except OSError:
+            pass
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600,
@@ -1374,6 +1399,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600,
     """Write via a temporary file in the same folder, fsync, rename: readers see old or new.
     owner: (uid, gid) the new file is given, as the one it replaces had."""
     folder = os.path.dirname(path) or "."
+    import fcntl
     import tempfile
 
     _remove_stale_temporary_files(folder, os.path.basename(path))
@@ -1384,18 +1410,20 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600,
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
     try:
-        # mkstemp creates 0600; set the final mode before any data is in the file.
-        os.fchmod(fd, mode)
-        if owner is not None:
-            try:
-                os.fchown(fd, *owner)
-            except PermissionError:
-                pass   # only root can give a file away; anyone else's files are theirs
         with os.fdopen(fd, "wb") as handle:
+            # Held until the rename, closing the file: the stale-file cleaner skips it.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # mkstemp creates 0600; set the final mode before any data is in the file.
+            os.fchmod(fd, mode)
+            if owner is not None:
+                try:
+                    os.fchown(fd, *owner)
+                except PermissionError:
+                    pass   # only root can give a file away; anyone else's files are theirs
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            os.fsync(fd)
+            os.replace(tmp, path)
         _fsync_folder(folder)
     except OSError as exc:
         try:

@@ -1019,6 +1019,43 @@ def test_atomic_write_removes_what_a_write_killed_before_its_rename_left(tmp_pat
                                                    "token"])
 
 
+def test_atomic_write_keeps_an_old_temporary_file_a_writer_still_holds(tmp_path):
+    """A woci stopped (Ctrl-Z) between mkstemp and rename, or an NFS clock 10 minutes behind,
+    makes a live writer's file look stale: its flock says it is not."""
+    import fcntl
+
+    held = tmp_path / ".token.abcd1234.tmp"
+    held.write_bytes(b"half a tok")
+    old = time.time() - 3600
+    os.utime(held, (old, old))
+    with open(held, "rb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        woci.atomic_write(str(tmp_path / "token"), b"new")
+        assert held.exists()
+    woci.atomic_write(str(tmp_path / "token"), b"newer")
+    assert not held.exists()
+
+
+def test_atomic_write_holds_a_lock_on_its_temporary_file_until_the_rename(tmp_path, monkeypatch):
+    import fcntl
+
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        with open(src, "rb") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("unlocked")
+            except BlockingIOError:
+                seen.append("locked")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(woci.os, "replace", replace)
+    woci.atomic_write(str(tmp_path / "token"), b"new")
+    assert seen == ["locked"] and (tmp_path / "token").read_bytes() == b"new"
+
+
 def test_a_passphrase_that_is_not_utf8_in_the_environment_works(tmp_path):
     """Python hands a variable's bytes that are not UTF-8 over as surrogates ('\\xff' ->
     '\\udcff'); encoding them strictly raised UnicodeEncodeError, a traceback at the first
@@ -1052,3 +1089,4 @@ def test_rewriting_the_oci_config_keeps_its_owner(tmp_path, monkeypatch):
         os.chown(config, 12345, 12345)
         woci.write_oci_config(str(config), "[DEFAULT]\nregion = s\n", "[DEFAULT]\nregion = t\n")
         assert (os.stat(config).st_uid, os.stat(config).st_gid) == (12345, 12345)
+
