@@ -1394,6 +1394,19 @@ def _remove_stale_temporary_files(folder: str, name: str) -> None:
             pass
 
 
+def _give_to_owner(fd: int, owner: tuple[int, int]) -> None:
+    """Best effort: only root can give a file away, and some filesystems answer ENOSYS,
+    EOPNOTSUPP or EINVAL to any chown; none of that is worth failing the write for."""
+    info = os.fstat(fd)
+    if (info.st_uid, info.st_gid) == owner:
+        return
+    try:
+        os.fchown(fd, *owner)
+    except OSError as exc:
+        log().debug("cannot give the new file to %d:%d (%s); it stays %d:%d", *owner,
+                    describe_os_error(exc), info.st_uid, info.st_gid)
+
+
 def atomic_write(path: str, data: bytes, mode: int = 0o600,
                  owner: tuple[int, int] | None = None) -> None:
     """Write via a temporary file in the same folder, fsync, rename: readers see old or new.
@@ -1416,10 +1429,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600,
             # mkstemp creates 0600; set the final mode before any data is in the file.
             os.fchmod(fd, mode)
             if owner is not None:
-                try:
-                    os.fchown(fd, *owner)
-                except PermissionError:
-                    pass   # only root can give a file away; anyone else's files are theirs
+                _give_to_owner(fd, owner)
             handle.write(data)
             handle.flush()
             os.fsync(fd)
