@@ -1843,6 +1843,14 @@ class RefreshTokenStore:
                                     "to replace it")
         return token
 
+    def can_hold(self, token: str) -> bool:
+        """Whether load() would give token back as it was: the plain file holds the token
+        alone, so no white space or control character; encrypted JSON holds any text."""
+        return bool(token) and (self.passphrase.configured or is_storable_refresh_token(token))
+
+    def forget(self) -> None:
+        remove_if_present(self.path)
+
     def save(self, token: str) -> None:
         if self.passphrase.configured:
             creating = not self.holds_encrypted()
@@ -1929,6 +1937,16 @@ class KeyringRefreshTokenStore:
             return None
         return token
 
+    def can_hold(self, token: str) -> bool:
+        """A keyring item holds any text; the file does when the keyring cannot be used."""
+        return self.file_store.can_hold(token) if self._keyring() is None else bool(token)
+
+    def forget(self) -> None:
+        backend = self._keyring()
+        if backend is not None and os.path.exists(self.marker):
+            drop_keyring_item(self.marker, self.item, backend)
+        self.file_store.forget()
+
     def save(self, token: str) -> None:
         backend = self._keyring()
         if backend is None:
@@ -1941,7 +1959,10 @@ class KeyringRefreshTokenStore:
         except StorageError as exc:
             # The token may be a just-rotated one: it must be kept somewhere.
             log().warning("%s; keeping the refresh token in %s", exc, self.file_store.path)
-            self.file_store.save(token)
+            if self.file_store.can_hold(token):
+                self.file_store.save(token)
+            else:
+                self.forget()   # the stored one is spent: presenting it again is reuse
             return
         previous = KeyringItem.read_marker(self.marker)
         self.item.write_marker(self.marker)
@@ -2712,12 +2733,6 @@ def _token_response(document: dict, url: str) -> TokenResponse:
         raise AuthError(f"the token endpoint at {url} answered without an access_token")
     refresh = document.get("refresh_token")
     if not isinstance(refresh, str) or not refresh:
-        refresh = None
-    elif not is_storable_refresh_token(refresh):
-        # Saved, it would read back as a damaged file (exit 2) at every later run.
-        log().warning("the token endpoint at %s issued a refresh token woci cannot store (it is "
-                      "not printable ASCII without white space); the next renewal will need a "
-                      "sign-in", url)
         refresh = None
     return TokenResponse(access_token, refresh)
 
@@ -3727,6 +3742,19 @@ def _refresh_grant_or_none(settings: Settings, refresh_token: str, http) -> Toke
         return None
 
 
+def keep_refresh_token(store, token: str) -> None:
+    """Save a newly issued refresh token. One the store cannot give back as it was replaces
+    the stored one with none: that one is spent (or another sign-in's), and presenting it
+    again can make the provider revoke the whole family; the next renewal signs in."""
+    if store.can_hold(token):
+        store.save(token)
+        return
+    log().warning("the provider issued a refresh token the plain file %s cannot hold (white "
+                  "space, control or non-ASCII characters; an encrypted or keyring store can); "
+                  "the next renewal will need a sign-in", store.path)
+    store.forget()
+
+
 def _refresh(session: Session, http) -> TokenResponse | None:
     """The refresh grant with the stored token, its successor saved at once (before the
     exchange can fail); None when only a sign-in can help."""
@@ -3747,7 +3775,7 @@ def _refresh(session: Session, http) -> TokenResponse | None:
         log().warning("the provider refused the stored refresh token; a new sign-in is needed")
         return None
     if tokens.refresh_token and tokens.refresh_token != presented:
-        store.save(tokens.refresh_token)
+        keep_refresh_token(store, tokens.refresh_token)
     log().info("renewing the session of profile %s without a browser", session.settings.profile)
     return tokens
 
@@ -3777,7 +3805,7 @@ def _sign_in(session: Session, http) -> TokenResponse:
                  else browser_sign_in(settings, session.open_browser))
         tokens = redeem_code(settings, grant.code, grant.verifier, grant.redirect_uri, http)
     if tokens.refresh_token:
-        session.refresh_tokens.save(tokens.refresh_token)
+        keep_refresh_token(session.refresh_tokens, tokens.refresh_token)
     else:
         log().warning("the provider issued no refresh token (was offline_access granted? "
                     "some providers want prompt = consent); the next renewal will need "

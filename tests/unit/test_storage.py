@@ -759,6 +759,22 @@ def test_keyring_round_trip_leaves_only_a_marker_on_disk(tmp_path, file_keyring)
     assert woci.stored_refresh_token(paths) == ("keyring", None, False)
 
 
+def test_which_store_can_hold_a_token_with_white_space(tmp_path, file_keyring):
+    """Only the plain file is the token alone; the keyring and encrypted JSON hold any text,
+    and forget() empties each."""
+    paths, file_store, store = keyring_stores(tmp_path, file_keyring)
+    assert store.can_hold("rt 2") and not file_store.can_hold("rt 2")
+    store.save("rt 2")
+    assert store.load() == "rt 2"
+    store.forget()
+    assert store.load() is None and not store.stored()
+    encrypted = woci.RefreshTokenStore(paths.refresh_token, source({"PW": "pw"},
+                                       refresh_token_passphrase_env="PW"))
+    assert encrypted.can_hold("rt \u00e9\n2")
+    _, file_store, away = keyring_stores(tmp_path / "away", None)
+    assert not away.can_hold("rt 2") and away.can_hold("rt-2")
+
+
 def test_file_to_keyring_and_back_keeps_the_token(tmp_path, file_keyring):
     """settle() moves the token each way; it is never in both places afterwards."""
     paths, file_store, store = keyring_stores(tmp_path, file_keyring)
