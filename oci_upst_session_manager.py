@@ -1699,7 +1699,12 @@ def decrypt_refresh_token(raw: bytes, passphrase: str, path: str) -> str:
     try:
         plain = AESGCM(_derive_key(passphrase, salt, iterations)).decrypt(
             nonce, ciphertext, ENCRYPTION_AAD)
-    except (InvalidTag, ValueError) as exc:
+    except ValueError as exc:
+        # A nonce of a length AES-GCM refuses: the file is damaged, whatever the passphrase,
+        # and a sign-in replaces it; only a failed authentication can be the passphrase.
+        raise RefreshTokenError(f"{damaged} ({one_line(exc)}); sign in again with "
+                                "`woci session authenticate` to replace it") from exc
+    except InvalidTag as exc:
         raise WrongPassphrase(f"cannot decrypt the refresh token {path}: wrong passphrase, "
                               "or the file was altered") from exc
     return plain.decode("utf-8")

@@ -5,6 +5,7 @@ import base64
 from pathlib import Path
 import configparser
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -401,6 +402,24 @@ def test_sign_in_replaces_a_damaged_encrypted_token(fake, tmp_path):
                      browser=browsers)
     Path(m.paths.refresh_token).write_bytes(
         woci.encrypt_refresh_token("rt-0", "pass", 200_000)[:40])
+    woci.ensure_session(m, renewal=woci.Renewal.SIGN_IN)
+    assert len(browsers.urls) == 1
+    raw = Path(m.paths.refresh_token).read_bytes()
+    assert woci.decrypt_refresh_token(raw, "pass", m.paths.refresh_token) in fake.valid_refresh_tokens
+
+
+def test_sign_in_replaces_an_encrypted_token_whose_nonce_is_damaged(fake, tmp_path):
+    """AES-GCM refuses a nonce of the wrong length with ValueError: that is a damaged file
+    (the sign-in replaces it), not a wrong passphrase (which would block the sign-in)."""
+    browsers = Browsers(fake)
+    m = make_session(fake, tmp_path, environ={"PW": "pass"}, refresh_token_passphrase_env="PW",
+                     browser=browsers)
+    document = json.loads(woci.encrypt_refresh_token("rt-0", "pass", 200_000))
+    document["nonce"] = ""
+    Path(m.paths.refresh_token).write_text(json.dumps(document))
+    with pytest.raises(woci.RefreshTokenError) as info:
+        woci.ensure_session(m)
+    assert not isinstance(info.value, woci.WrongPassphrase) and "damaged" in str(info.value)
     woci.ensure_session(m, renewal=woci.Renewal.SIGN_IN)
     assert len(browsers.urls) == 1
     raw = Path(m.paths.refresh_token).read_bytes()
