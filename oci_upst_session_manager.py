@@ -1865,10 +1865,12 @@ class RefreshTokenStore:
         atomic_write(self.path, data)
 
     def holds_encrypted(self) -> bool:
+        """RefreshTokenError (exit 2) when the file cannot be read: asked first, the user
+        would type a passphrase twice only to learn that."""
         try:
             raw = read_file_if_present(self.path)
-        except StorageError:
-            return False
+        except StorageError as exc:
+            raise RefreshTokenError(str(exc)) from exc
         return raw is not None and is_encrypted_document(raw)
 
 

@@ -426,6 +426,18 @@ def test_sign_in_replaces_an_encrypted_token_whose_nonce_is_damaged(fake, tmp_pa
     assert woci.decrypt_refresh_token(raw, "pass", m.paths.refresh_token) in fake.valid_refresh_tokens
 
 
+def test_an_unreadable_refresh_token_file_is_one_exit_2_before_any_prompt(fake, tmp_path):
+    """Asked first, the user would type a new passphrase twice only to learn the file
+    cannot be read."""
+    m = make_session(fake, tmp_path, refresh_token_passphrase_prompt=True)
+    Path(m.paths.refresh_token).mkdir()
+    for renewal in (woci.Renewal.SIGN_IN, None):
+        with pytest.raises(woci.RefreshTokenError) as info:
+            woci.ensure_session(m, **({"renewal": renewal} if renewal else {}))
+        assert info.value.exit_code == 2 and "is a folder" in str(info.value)
+    assert fake.requests == []
+
+
 def issue_refresh_tokens_with_a_space(fake, monkeypatch):
     real = fake.new_refresh_token
 
