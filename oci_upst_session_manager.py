@@ -5042,6 +5042,40 @@ def doctor_report(checks: list[Check]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def flush_stdout() -> bool:
+    """False when stdout's reader is gone (a pipe closed early, `| head`, `| true`). stdout
+    then goes to /dev/null so that Python's own flush at exit cannot fail again; nobody is
+    left to tell, so nothing is said. Only woci's own writes come here: a BrokenPipeError
+    from anywhere else is a fault to show."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        return True
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):   # a stdout that is no file
+            pass
+        return False
+
+
+def write_stdout(data: str | bytes) -> bool:
+    """Write and flush woci's own answer; False (quietly) when nobody reads it."""
+    if sys.stdout is None:
+        return False
+    try:
+        if isinstance(data, bytes):
+            sys.stdout.buffer.write(data)
+        else:
+            sys.stdout.write(data)
+    except BrokenPipeError:
+        flush_stdout()   # what is still buffered fails too: it points stdout away
+        return False
+    return flush_stdout()
+
+
 def child_environment(environ: Mapping[str, str], settings: Settings,
                       point_at_session: bool = False) -> dict[str, str]:
     """scrubbed_environment, and for --exec the variables that point oci at the session."""
@@ -5205,14 +5239,13 @@ def run_oke_token_request(cmd: CommandLine, session: Session, argv: list[str],
     """oci's ExecCredential passed on byte for byte, and kept for kubectl's next calls."""
     output = bytearray()
     code = run_child(argv, env, refresher, captured=output)
-    sys.stdout.buffer.write(output)
-    sys.stdout.flush()
+    delivered = write_stdout(bytes(output))
     if code == 0:
         settings = session.settings
         key = credential_cache_key(settings.oci_config_file, settings.profile, cmd.oci_args,
                                    session.environ)
         store_credential(session.paths, key, bytes(output))
-    return code
+    return code if delivered else code or EXIT_FAILURE   # kubectl got no credential
 
 
 def run_oci_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, str]) -> int:
@@ -5264,7 +5297,7 @@ def run_daemon_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, 
     ensure_in_child(session)
     pid = start_daemon(Renewer(session, settings.refresh_safety_window,
                                ensure=ensure_in_child), paths)
-    print(pid)
+    write_stdout(f"{pid}\n")   # lost with its reader: the daemon runs all the same, so exit 0
     print(f"woci: daemon for profile {settings.profile} started (pid {pid}); log: "
           f"{paths.daemon_log}", file=sys.stderr)
     return EXIT_OK
@@ -5276,8 +5309,7 @@ def run_daemon_control(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     paths = SessionPaths.for_profile(profile, environ)
     if cmd.mode is Mode.DAEMON_STATUS:
         code, report = daemon_status_report(paths, profile, time.time())
-        sys.stdout.write(report)
-        return code
+        return code if write_stdout(report) else EXIT_FAILURE
     pid = stop_daemon(paths, profile)
     print(f"woci: stopped the daemon of profile {profile} (pid {pid})", file=sys.stderr)
     return EXIT_OK
@@ -5288,11 +5320,9 @@ def run_status_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     profile = resolve_profile(cmd, environ)
     now = time.time()
     report = session_status(SessionPaths.for_profile(profile, environ), profile, now)
-    if cmd.woci.get("json"):
-        sys.stdout.write(json.dumps(report.document) + "\n")
-    else:
-        sys.stdout.write(status_text(report, now))
-    return EXIT_OK if status_usable(report) else EXIT_FAILURE
+    text = json.dumps(report.document) + "\n" if cmd.woci.get("json") else \
+        status_text(report, now)
+    return EXIT_OK if write_stdout(text) and status_usable(report) else EXIT_FAILURE
 
 
 def run_logout_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
@@ -5308,24 +5338,22 @@ def run_logout_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     except ConfigError as exc:
         log().warning("%s; going on without the manager config", exc)
         settings = build_settings(cmd, environ, None, None, required=())
-    sys.stdout.write(logout(settings, environ))
-    return EXIT_OK
+    return EXIT_OK if write_stdout(logout(settings, environ)) else EXIT_FAILURE
 
 
 def run_doctor_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     checks = run_doctor_checks(DoctorContext.gather(cmd, environ))
-    sys.stdout.write(doctor_report(checks))
-    return EXIT_FAILURE if any(check.level == FAIL for check in checks) else EXIT_OK
+    delivered = write_stdout(doctor_report(checks))
+    return EXIT_OK if delivered and not any(check.level == FAIL for check in checks) \
+        else EXIT_FAILURE
 
 
 def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     check_option_combinations(cmd)
     if cmd.mode is Mode.HELP:
-        sys.stdout.write(help_text())
-        return EXIT_OK
+        return EXIT_OK if write_stdout(help_text()) else EXIT_FAILURE
     if cmd.mode is Mode.VERSION:
-        print(f"woci {__version__}")
-        return EXIT_OK
+        return EXIT_OK if write_stdout(f"woci {__version__}\n") else EXIT_FAILURE
     if cmd.mode is Mode.STATUS:   # it logs nothing, and a shell prompt may run it every time
         return run_status_mode(cmd, environ)
     configure_logging(DEFAULT_LOG_LEVEL)
@@ -5345,9 +5373,8 @@ def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
 
 def give_fast_answer(answer: FastAnswer) -> int:
     if answer.output is not None:
-        sys.stdout.buffer.write(answer.output)
-        sys.stdout.flush()
-    elif answer.oci_argv is not None:
+        return EXIT_OK if write_stdout(answer.output) else EXIT_FAILURE
+    if answer.oci_argv is not None:
         exec_oci(answer.oci_argv, answer.env)
     return EXIT_OK
 
@@ -5360,19 +5387,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         answer = fast_path(argv, environ, time.time())
         code = give_fast_answer(answer) if answer is not None else \
             run(split_command_line(argv), environ)
-        if sys.stdout is not None:
-            sys.stdout.flush()   # a reader gone shows here, not in Python's exit
-        return code
-    except BrokenPipeError:
-        # Whoever read stdout is gone (a pipe closed early): nobody to answer or to tell.
-        # stdout goes to /dev/null so that Python's own flush at exit cannot fail again.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):   # a stdout that is no file
-            pass
-        return EXIT_FAILURE
+        # Anything still buffered: a reader gone shows here, not in Python's exit.
+        return code if flush_stdout() else EXIT_FAILURE
     except WociError as exc:
         log().debug("failure details", exc_info=True)
         print(f"woci: error: {exc}", file=sys.stderr)
