@@ -842,8 +842,25 @@ def _option_value(argv: list[str], index: int, name: str, inline: str | None) ->
     return argv[index + 1], index + 2
 
 
+def asks_for_help(argv: list[str]) -> bool:
+    """--help (-h) among woci's own options, before `--`, --exec or the oci command (whose
+    own --help is theirs): it wins over every other option and every mistake in them."""
+    value_next = False
+    for arg in argv:
+        if value_next:   # `--scope --help` asks for a scope named --help
+            value_next = False
+            continue
+        spec = OPTIONS_BY_FLAG.get(arg.partition("=")[0] if arg.startswith("--") else arg)
+        if arg == "--" or spec is None or spec.kind == "exec":
+            return False
+        if spec.kind == "mode" and spec.key == Mode.HELP.value:
+            return True
+        value_next = spec.kind not in ("mode", "flag") and "=" not in arg
+    return False
+
+
 def split_command_line(argv: list[str]) -> CommandLine:
-    """Split argv into woci's options and oci's arguments.
+    """Split argv into woci's options and oci's arguments (asks_for_help decides first).
 
     woci's options stand before the oci command; from the first argument that is none of them
     (nor one of the four OCI options woci reads, nor a value), everything belongs to oci,
@@ -851,6 +868,8 @@ def split_command_line(argv: list[str]) -> CommandLine:
     marked `anywhere` in the table are read wherever they stand: --manager-config is taken,
     --profile/--config-file/--region/--auth are read and still passed to oci.
     """
+    if asks_for_help(argv):
+        return CommandLine({}, [], {}, Mode.HELP, ())
     woci: dict[str, object] = {}
     oci_args: list[str] = []
     oci_options: dict[str, str] = {}
@@ -5349,9 +5368,9 @@ def run_doctor_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
 
 
 def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
-    check_option_combinations(cmd)
     if cmd.mode is Mode.HELP:
         return EXIT_OK if write_stdout(help_text()) else EXIT_FAILURE
+    check_option_combinations(cmd)
     if cmd.mode is Mode.VERSION:
         return EXIT_OK if write_stdout(f"woci {__version__}\n") else EXIT_FAILURE
     if cmd.mode is Mode.STATUS:   # it logs nothing, and a shell prompt may run it every time

@@ -346,3 +346,19 @@ def test_a_broken_pipe_that_is_not_stdouts_is_not_hidden(monkeypatch):
     monkeypatch.setattr(woci, "run", run)
     with pytest.raises(BrokenPipeError):
         woci.main(["--doctor"], {"HOME": "/nonexistent"})
+
+
+@pytest.mark.parametrize("argv", [["--help", "--exec", "--", "ls"], ["--status", "--help"],
+                                  ["--status", "--daemon", "--help"], ["--json", "-h"],
+                                  ["--profile", "p", "--doctor", "--help"],
+                                  ["--scope", "--help", "--help"]])
+def test_help_wins_over_every_other_woci_option(tmp_path, capsys, argv):
+    """Users type --help anywhere among woci's options: no usage error in its place."""
+    assert woci.main(argv, {"HOME": str(tmp_path)}) == 0
+    assert capsys.readouterr().out.startswith("usage: woci")
+
+
+@pytest.mark.parametrize("argv", [["--exec", "--", "ls", "--help"], ["os", "ns", "get", "--help"],
+                                  ["--", "--help"], ["--scope", "--help"]])
+def test_a_help_that_belongs_to_the_command_or_a_value_is_not_woci_s(argv):
+    assert woci.split_command_line(argv).mode is not woci.Mode.HELP
