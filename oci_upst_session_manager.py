@@ -714,7 +714,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "registered at the provider: the first free one is used. Default: "
                f"{DEFAULT_REDIRECT_PORT}."),
     OptionSpec("--login-timeout", "login_timeout", "seconds", SIGN_IN,
-               f"How long a sign-in may take, in seconds. Default: {DEFAULT_LOGIN_TIMEOUT}."),
+               f"How long a sign-in may take, in seconds, at most {SETTING_SECONDS_MAX}. "
+               f"Default: {DEFAULT_LOGIN_TIMEOUT}."),
     OptionSpec("--non-interactive", "interactive", "flag", SIGN_IN,
                "Never sign in: when a sign-in is needed, say so and exit 1. Also when env CI "
                "is true or the INI says interactive = false.", flag_sets=False),
@@ -738,8 +739,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "Keep the session fresh from a thread for as long as oci (or --exec's command) "
                "runs."),
     OptionSpec("--refresh-safety-window", "refresh_safety_window", "seconds", BACKGROUND,
-               f"Renew this many seconds before the session token expires. Default: "
-               f"{DEFAULT_REFRESH_SAFETY_WINDOW}."),
+               f"Renew this many seconds before the session token expires, at most "
+               f"{SETTING_SECONDS_MAX}. Default: {DEFAULT_REFRESH_SAFETY_WINDOW}."),
     OptionSpec("--log-level", "log_level", "level", OUTPUT,
                f"One of {', '.join(LOG_LEVELS)}. Default: {DEFAULT_LOG_LEVEL}. Logs go to "
                "stderr and never hold tokens or secrets."),

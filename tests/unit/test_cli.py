@@ -362,3 +362,12 @@ def test_help_wins_over_every_other_woci_option(tmp_path, capsys, argv):
                                   ["--", "--help"], ["--scope", "--help"]])
 def test_a_help_that_belongs_to_the_command_or_a_value_is_not_woci_s(argv):
     assert woci.split_command_line(argv).mode is not woci.Mode.HELP
+
+
+def test_help_states_the_cap_on_the_two_second_settings(tmp_path, capsys):
+    """Above SETTING_SECONDS_MAX is exit 2: the help says so where the option is."""
+    assert woci.main(["--help"], {"HOME": str(tmp_path)}) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--login-timeout", "--refresh-safety-window"):
+        entry = out[out.index(f"{flag} "):]
+        assert f"at most {woci.SETTING_SECONDS_MAX}" in entry[:entry.index("Default")], flag
