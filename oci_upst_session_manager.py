@@ -4726,7 +4726,9 @@ class DoctorContext(collections.namedtuple("DoctorContext", (
 
 def check_manager_config(ctx: DoctorContext) -> Check:
     if ctx.manager_problem:
-        return Check(FAIL, f"manager config: {ctx.manager_problem}; fix --manager-config or "
+        # The check's own label says "manager config": the error need not say it again.
+        problem = ctx.manager_problem.removeprefix("manager config").lstrip(": ")
+        return Check(FAIL, f"manager config: {problem}; fix --manager-config or "
                            "WOCI_MANAGER_CONFIG")
     if ctx.manager_path is None:
         looked = " and ".join(dict.fromkeys(str(path) for path in ctx.manager_candidates))

@@ -371,3 +371,14 @@ def test_help_states_the_cap_on_the_two_second_settings(tmp_path, capsys):
     for flag in ("--login-timeout", "--refresh-safety-window"):
         entry = out[out.index(f"{flag} "):]
         assert f"at most {woci.SETTING_SECONDS_MAX}" in entry[:entry.index("Default")], flag
+
+
+@pytest.mark.parametrize("kind", ["folder", "missing"])
+def test_doctor_names_a_bad_manager_config_once(tmp_path, capsys, kind):
+    path = tmp_path / ("folder" if kind == "folder" else "missing.ini")
+    if kind == "folder":
+        path.mkdir()
+    woci.main(["--manager-config", str(path), "--doctor"], {"HOME": str(tmp_path)})
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("FAIL manager config"))
+    assert line.count("manager config") == 1 and line.count(str(path)) == 1, line
