@@ -562,20 +562,27 @@ def absolute(path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
-def read_file_if_present(path: str) -> bytes | None:
+# --- reading a file: the one helper here that does I/O, as settings (3) read the INI with it --
+
+
+def read_file_if_present(path: str, named: bool = False) -> bytes | None:
     """The file's bytes, None when it is absent; StorageError for anything that is not a
     regular file of at most FILE_MAX_BYTES. O_NONBLOCK: a FIFO in its place must not hold
-    up the open."""
+    up the open. named: a path the user gave by flag or environment variable, which may also
+    be a FIFO or a character device (`<(vault ...)`, /dev/null), read blocking up to the same
+    cap; auto-discovered and session paths may not, as a FIFO there would hang every run."""
     import stat
 
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if named else os.O_NONBLOCK)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {describe_os_error(exc)}") from exc
     kind = os.fstat(fd).st_mode
-    if not stat.S_ISREG(kind):
+    streamed = named and (stat.S_ISFIFO(kind) or stat.S_ISCHR(kind))
+    if not (stat.S_ISREG(kind) or streamed):
         os.close(fd)
         if stat.S_ISDIR(kind):
             raise StorageError(f"{path} is a folder, not a file")
@@ -591,10 +598,10 @@ def read_file_if_present(path: str) -> bytes | None:
     return data
 
 
-def read_text_file(path: str) -> str | None:
+def read_text_file(path: str, named: bool = False) -> str | None:
     """read_file_if_present as UTF-8 text with universal newlines, as open() in text mode
     reads it (configparser reads files that way)."""
-    raw = read_file_if_present(path)
+    raw = read_file_if_present(path, named)
     if raw is None:
         return None
     return raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
@@ -713,7 +720,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "registered at the provider: the first free one is used. Default: "
                f"{DEFAULT_REDIRECT_PORT}."),
     OptionSpec("--login-timeout", "login_timeout", "seconds", SIGN_IN,
-               f"How long a sign-in may take, in seconds. Default: {DEFAULT_LOGIN_TIMEOUT}."),
+               f"How long a sign-in may take, in seconds, at most {SETTING_SECONDS_MAX}. "
+               f"Default: {DEFAULT_LOGIN_TIMEOUT}."),
     OptionSpec("--non-interactive", "interactive", "flag", SIGN_IN,
                "Never sign in: when a sign-in is needed, say so and exit 1. Also when env CI "
                "is true or the INI says interactive = false.", flag_sets=False),
@@ -737,8 +745,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "Keep the session fresh from a thread for as long as oci (or --exec's command) "
                "runs."),
     OptionSpec("--refresh-safety-window", "refresh_safety_window", "seconds", BACKGROUND,
-               f"Renew this many seconds before the session token expires. Default: "
-               f"{DEFAULT_REFRESH_SAFETY_WINDOW}."),
+               f"Renew this many seconds before the session token expires, at most "
+               f"{SETTING_SECONDS_MAX}. Default: {DEFAULT_REFRESH_SAFETY_WINDOW}."),
     OptionSpec("--log-level", "log_level", "level", OUTPUT,
                f"One of {', '.join(LOG_LEVELS)}. Default: {DEFAULT_LOG_LEVEL}. Logs go to "
                "stderr and never hold tokens or secrets."),
@@ -841,8 +849,25 @@ def _option_value(argv: list[str], index: int, name: str, inline: str | None) ->
     return argv[index + 1], index + 2
 
 
+def asks_for_help(argv: list[str]) -> bool:
+    """--help (-h) among woci's own options, before `--`, --exec or the oci command (whose
+    own --help is theirs): it wins over every other option and every mistake in them."""
+    value_next = False
+    for arg in argv:
+        if value_next:   # `--scope --help` asks for a scope named --help
+            value_next = False
+            continue
+        spec = OPTIONS_BY_FLAG.get(arg.partition("=")[0] if arg.startswith("--") else arg)
+        if arg == "--" or spec is None or spec.kind == "exec":
+            return False
+        if spec.kind == "mode" and spec.key == Mode.HELP.value:
+            return True
+        value_next = spec.kind not in ("mode", "flag") and "=" not in arg
+    return False
+
+
 def split_command_line(argv: list[str]) -> CommandLine:
-    """Split argv into woci's options and oci's arguments.
+    """Split argv into woci's options and oci's arguments (asks_for_help decides first).
 
     woci's options stand before the oci command; from the first argument that is none of them
     (nor one of the four OCI options woci reads, nor a value), everything belongs to oci,
@@ -850,6 +875,8 @@ def split_command_line(argv: list[str]) -> CommandLine:
     marked `anywhere` in the table are read wherever they stand: --manager-config is taken,
     --profile/--config-file/--region/--auth are read and still passed to oci.
     """
+    if asks_for_help(argv):
+        return CommandLine({}, [], {}, Mode.HELP, ())
     woci: dict[str, object] = {}
     oci_args: list[str] = []
     oci_options: dict[str, str] = {}
@@ -1063,12 +1090,17 @@ def load_manager_ini(candidates: list[str], explicit: bool
                      ) -> tuple[str | None, configparser.ConfigParser | None]:
     for path in candidates:
         try:
-            text = read_text_file(path)
-        except (StorageError, UnicodeDecodeError) as exc:
+            text = read_text_file(path, named=explicit)
+        except StorageError as exc:   # its message names the path already
             if explicit:
-                raise ConfigError(f"cannot read manager config {path}: {describe_os_error(exc)}")
+                raise ConfigError(f"manager config: {exc}") from exc
+            log().warning("manager config: %s; going on without it", exc)
+            continue
+        except UnicodeDecodeError as exc:
+            if explicit:
+                raise ConfigError(f"cannot read manager config {path}: {one_line(exc)}") from exc
             log().warning("cannot read manager config %s (%s); going on without it", path,
-                        describe_os_error(exc))
+                          one_line(exc))
             continue
         if text is None:
             if explicit:
@@ -1349,18 +1381,56 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def _is_stale_temporary_file(entry: os.DirEntry, prefix: str, now: float) -> bool:
+    return entry.name.startswith(prefix) and entry.name.endswith(".tmp") and \
+        len(entry.name) == len(prefix) + 12 and entry.is_file(follow_symlinks=False) and \
+        now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_FILE_SECONDS
+
+
+def _remove_if_unlocked(path: str) -> None:
+    """Unlink a temporary file no writer holds: atomic_write keeps an exclusive flock on its
+    own until the rename, so age alone (a stopped woci, an NFS clock behind) takes none away
+    from a writer still alive."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return   # a writer's, however old it looks
+        os.unlink(path)
+    finally:
+        os.close(fd)
+
+
 def _remove_stale_temporary_files(folder: str, name: str) -> None:
     """What atomic_write of name left when it was killed before its rename (a copy of a
-    token, say): mkstemp's names, .<name>.<8 characters>.tmp, old enough to be no one's."""
+    token, say): mkstemp's names, .<name>.<8 characters>.tmp, old and unlocked."""
     prefix, now = f".{name}.", time.time()
     try:
-        for entry in os.scandir(folder):
-            if entry.name.startswith(prefix) and entry.name.endswith(".tmp") and \
-                    len(entry.name) == len(prefix) + 12 and entry.is_file(follow_symlinks=False) \
-                    and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_FILE_SECONDS:
-                os.unlink(entry.path)
+        stale = [entry.path for entry in os.scandir(folder)
+                 if _is_stale_temporary_file(entry, prefix, now)]
     except OSError:
-        pass   # only tidying: the write itself decides
+        return   # only tidying: the write itself decides
+    for path in stale:
+        try:
+            _remove_if_unlocked(path)
+        except OSError:
+            pass
+
+
+def _give_to_owner(fd: int, owner: tuple[int, int]) -> None:
+    """Best effort: only root can give a file away, and some filesystems answer ENOSYS,
+    EOPNOTSUPP or EINVAL to any chown; none of that is worth failing the write for."""
+    info = os.fstat(fd)
+    if (info.st_uid, info.st_gid) == owner:
+        return
+    try:
+        os.fchown(fd, *owner)
+    except OSError as exc:
+        log().debug("cannot give the new file to %d:%d (%s); it stays %d:%d", *owner,
+                    describe_os_error(exc), info.st_uid, info.st_gid)
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600,
@@ -1368,6 +1438,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600,
     """Write via a temporary file in the same folder, fsync, rename: readers see old or new.
     owner: (uid, gid) the new file is given, as the one it replaces had."""
     folder = os.path.dirname(path) or "."
+    import fcntl
     import tempfile
 
     _remove_stale_temporary_files(folder, os.path.basename(path))
@@ -1378,18 +1449,17 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600,
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {describe_os_error(exc)}") from exc
     try:
-        # mkstemp creates 0600; set the final mode before any data is in the file.
-        os.fchmod(fd, mode)
-        if owner is not None:
-            try:
-                os.fchown(fd, *owner)
-            except PermissionError:
-                pass   # only root can give a file away; anyone else's files are theirs
         with os.fdopen(fd, "wb") as handle:
+            # Held until the rename, closing the file: the stale-file cleaner skips it.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # mkstemp creates 0600; set the final mode before any data is in the file.
+            os.fchmod(fd, mode)
+            if owner is not None:
+                _give_to_owner(fd, owner)
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            os.fsync(fd)
+            os.replace(tmp, path)
         _fsync_folder(folder)
     except OSError as exc:
         try:
@@ -1655,7 +1725,12 @@ def decrypt_refresh_token(raw: bytes, passphrase: str, path: str) -> str:
     try:
         plain = AESGCM(_derive_key(passphrase, salt, iterations)).decrypt(
             nonce, ciphertext, ENCRYPTION_AAD)
-    except (InvalidTag, ValueError) as exc:
+    except ValueError as exc:
+        # A nonce of a length AES-GCM refuses: the file is damaged, whatever the passphrase,
+        # and a sign-in replaces it; only a failed authentication can be the passphrase.
+        raise RefreshTokenError(f"{damaged} ({one_line(exc)}); sign in again with "
+                                "`woci session authenticate` to replace it") from exc
+    except InvalidTag as exc:
         raise WrongPassphrase(f"cannot decrypt the refresh token {path}: wrong passphrase, "
                               "or the file was altered") from exc
     return plain.decode("utf-8")
@@ -1799,6 +1874,14 @@ class RefreshTokenStore:
                                     "to replace it")
         return token
 
+    def can_hold(self, token: str) -> bool:
+        """Whether load() would give token back as it was: the plain file holds the token
+        alone, so no white space or control character; encrypted JSON holds any text."""
+        return bool(token) and (self.passphrase.configured or is_storable_refresh_token(token))
+
+    def forget(self) -> None:
+        remove_if_present(self.path)
+
     def save(self, token: str) -> None:
         if self.passphrase.configured:
             creating = not self.holds_encrypted()
@@ -1808,10 +1891,12 @@ class RefreshTokenStore:
         atomic_write(self.path, data)
 
     def holds_encrypted(self) -> bool:
+        """RefreshTokenError (exit 2) when the file cannot be read: asked first, the user
+        would type a passphrase twice only to learn that."""
         try:
             raw = read_file_if_present(self.path)
-        except StorageError:
-            return False
+        except StorageError as exc:
+            raise RefreshTokenError(str(exc)) from exc
         return raw is not None and is_encrypted_document(raw)
 
 
@@ -1885,6 +1970,16 @@ class KeyringRefreshTokenStore:
             return None
         return token
 
+    def can_hold(self, token: str) -> bool:
+        """A keyring item holds any text; the file does when the keyring cannot be used."""
+        return self.file_store.can_hold(token) if self._keyring() is None else bool(token)
+
+    def forget(self) -> None:
+        backend = self._keyring()
+        if backend is not None and os.path.exists(self.marker):
+            drop_keyring_item(self.marker, self.item, backend)
+        self.file_store.forget()
+
     def save(self, token: str) -> None:
         backend = self._keyring()
         if backend is None:
@@ -1897,7 +1992,10 @@ class KeyringRefreshTokenStore:
         except StorageError as exc:
             # The token may be a just-rotated one: it must be kept somewhere.
             log().warning("%s; keeping the refresh token in %s", exc, self.file_store.path)
-            self.file_store.save(token)
+            if self.file_store.can_hold(token):
+                self.file_store.save(token)
+            else:
+                self.forget()   # the stored one is spent: presenting it again is reuse
             return
         previous = KeyringItem.read_marker(self.marker)
         self.item.write_marker(self.marker)
@@ -2730,12 +2828,6 @@ def _token_response(document: dict, url: str) -> TokenResponse:
         raise AuthError(f"the token endpoint at {url} answered without an access_token")
     refresh = document.get("refresh_token")
     if not isinstance(refresh, str) or not refresh:
-        refresh = None
-    elif not is_storable_refresh_token(refresh):
-        # Saved, it would read back as a damaged file (exit 2) at every later run.
-        log().warning("the token endpoint at %s issued a refresh token woci cannot store (it is "
-                      "not printable ASCII without white space); the next renewal will need a "
-                      "sign-in", url)
         refresh = None
     return TokenResponse(access_token, refresh)
 
@@ -3774,6 +3866,19 @@ def _refresh_grant_or_none(settings: Settings, refresh_token: str, http) -> Toke
         return None
 
 
+def keep_refresh_token(store, token: str) -> None:
+    """Save a newly issued refresh token. One the store cannot give back as it was replaces
+    the stored one with none: that one is spent (or another sign-in's), and presenting it
+    again can make the provider revoke the whole family; the next renewal signs in."""
+    if store.can_hold(token):
+        store.save(token)
+        return
+    log().warning("the provider issued a refresh token the plain file %s cannot hold (white "
+                  "space, control or non-ASCII characters; an encrypted or keyring store can); "
+                  "the next renewal will need a sign-in", store.path)
+    store.forget()
+
+
 def _refresh(session: Session, http) -> TokenResponse | None:
     """The refresh grant with the stored token, its successor saved at once (before the
     exchange can fail); None when only a sign-in can help."""
@@ -3794,7 +3899,7 @@ def _refresh(session: Session, http) -> TokenResponse | None:
         log().warning("the provider refused the stored refresh token; a new sign-in is needed")
         return None
     if tokens.refresh_token and tokens.refresh_token != presented:
-        store.save(tokens.refresh_token)
+        keep_refresh_token(store, tokens.refresh_token)
     log().info("renewing the session of profile %s without a browser", session.settings.profile)
     return tokens
 
@@ -3824,7 +3929,7 @@ def _sign_in(session: Session, http) -> TokenResponse:
                  else browser_sign_in(settings, session.open_browser))
         tokens = redeem_code(settings, grant.code, grant.verifier, grant.redirect_uri, http)
     if tokens.refresh_token:
-        session.refresh_tokens.save(tokens.refresh_token)
+        keep_refresh_token(session.refresh_tokens, tokens.refresh_token)
     else:
         log().warning("the provider issued no refresh token (was offline_access granted? "
                     "some providers want prompt = consent); the next renewal will need "
@@ -4723,7 +4828,9 @@ class DoctorContext(collections.namedtuple("DoctorContext", (
 
 def check_manager_config(ctx: DoctorContext) -> Check:
     if ctx.manager_problem:
-        return Check(FAIL, f"manager config: {ctx.manager_problem}; fix --manager-config or "
+        # The check's own label says "manager config": the error need not say it again.
+        problem = ctx.manager_problem.removeprefix("manager config").lstrip(": ")
+        return Check(FAIL, f"manager config: {problem}; fix --manager-config or "
                            "WOCI_MANAGER_CONFIG")
     if ctx.manager_path is None:
         looked = " and ".join(dict.fromkeys(str(path) for path in ctx.manager_candidates))
@@ -5059,6 +5166,40 @@ def doctor_report(checks: list[Check]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def flush_stdout() -> bool:
+    """False when stdout's reader is gone (a pipe closed early, `| head`, `| true`). stdout
+    then goes to /dev/null so that Python's own flush at exit cannot fail again; nobody is
+    left to tell, so nothing is said. Only woci's own writes come here: a BrokenPipeError
+    from anywhere else is a fault to show."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        return True
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):   # a stdout that is no file
+            pass
+        return False
+
+
+def write_stdout(data: str | bytes) -> bool:
+    """Write and flush woci's own answer; False (quietly) when nobody reads it."""
+    if sys.stdout is None:
+        return False
+    try:
+        if isinstance(data, bytes):
+            sys.stdout.buffer.write(data)
+        else:
+            sys.stdout.write(data)
+    except BrokenPipeError:
+        flush_stdout()   # what is still buffered fails too: it points stdout away
+        return False
+    return flush_stdout()
+
+
 def child_environment(environ: Mapping[str, str], settings: Settings,
                       point_at_session: bool = False) -> dict[str, str]:
     """scrubbed_environment, and for --exec the variables that point oci at the session."""
@@ -5222,14 +5363,13 @@ def run_oke_token_request(cmd: CommandLine, session: Session, argv: list[str],
     """oci's ExecCredential passed on byte for byte, and kept for kubectl's next calls."""
     output = bytearray()
     code = run_child(argv, env, refresher, captured=output)
-    sys.stdout.buffer.write(output)
-    sys.stdout.flush()
+    delivered = write_stdout(bytes(output))
     if code == 0:
         settings = session.settings
         key = credential_cache_key(settings.oci_config_file, settings.profile, cmd.oci_args,
                                    session.environ)
         store_credential(session.paths, key, bytes(output))
-    return code
+    return code if delivered else code or EXIT_FAILURE   # kubectl got no credential
 
 
 def run_oci_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, str]) -> int:
@@ -5281,7 +5421,7 @@ def run_daemon_mode(cmd: CommandLine, settings: Settings, environ: Mapping[str, 
     ensure_in_child(session)
     pid = start_daemon(Renewer(session, settings.refresh_safety_window,
                                ensure=ensure_in_child), paths)
-    print(pid)
+    write_stdout(f"{pid}\n")   # lost with its reader: the daemon runs all the same, so exit 0
     print(f"woci: daemon for profile {settings.profile} started (pid {pid}); log: "
           f"{paths.daemon_log}", file=sys.stderr)
     return EXIT_OK
@@ -5293,8 +5433,7 @@ def run_daemon_control(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     paths = SessionPaths.for_profile(profile, environ)
     if cmd.mode is Mode.DAEMON_STATUS:
         code, report = daemon_status_report(paths, profile, time.time())
-        sys.stdout.write(report)
-        return code
+        return code if write_stdout(report) else EXIT_FAILURE
     pid = stop_daemon(paths, profile)
     print(f"woci: stopped the daemon of profile {profile} (pid {pid})", file=sys.stderr)
     return EXIT_OK
@@ -5305,11 +5444,9 @@ def run_status_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     profile = resolve_profile(cmd, environ)
     now = time.time()
     report = session_status(SessionPaths.for_profile(profile, environ), profile, now)
-    if cmd.woci.get("json"):
-        sys.stdout.write(json.dumps(report.document) + "\n")
-    else:
-        sys.stdout.write(status_text(report, now))
-    return EXIT_OK if status_usable(report) else EXIT_FAILURE
+    text = json.dumps(report.document) + "\n" if cmd.woci.get("json") else \
+        status_text(report, now)
+    return EXIT_OK if write_stdout(text) and status_usable(report) else EXIT_FAILURE
 
 
 def run_logout_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
@@ -5325,24 +5462,22 @@ def run_logout_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     except ConfigError as exc:
         log().warning("%s; going on without the manager config", exc)
         settings = build_settings(cmd, environ, None, None, required=())
-    sys.stdout.write(logout(settings, environ))
-    return EXIT_OK
+    return EXIT_OK if write_stdout(logout(settings, environ)) else EXIT_FAILURE
 
 
 def run_doctor_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     checks = run_doctor_checks(DoctorContext.gather(cmd, environ))
-    sys.stdout.write(doctor_report(checks))
-    return EXIT_FAILURE if any(check.level == FAIL for check in checks) else EXIT_OK
+    delivered = write_stdout(doctor_report(checks))
+    return EXIT_OK if delivered and not any(check.level == FAIL for check in checks) \
+        else EXIT_FAILURE
 
 
 def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
-    check_option_combinations(cmd)
     if cmd.mode is Mode.HELP:
-        sys.stdout.write(help_text())
-        return EXIT_OK
+        return EXIT_OK if write_stdout(help_text()) else EXIT_FAILURE
+    check_option_combinations(cmd)
     if cmd.mode is Mode.VERSION:
-        print(f"woci {__version__}")
-        return EXIT_OK
+        return EXIT_OK if write_stdout(f"woci {__version__}\n") else EXIT_FAILURE
     if cmd.mode is Mode.STATUS:   # it logs nothing, and a shell prompt may run it every time
         return run_status_mode(cmd, environ)
     configure_logging(DEFAULT_LOG_LEVEL)
@@ -5362,9 +5497,8 @@ def run(cmd: CommandLine, environ: Mapping[str, str]) -> int:
 
 def give_fast_answer(answer: FastAnswer) -> int:
     if answer.output is not None:
-        sys.stdout.buffer.write(answer.output)
-        sys.stdout.flush()
-    elif answer.oci_argv is not None:
+        return EXIT_OK if write_stdout(answer.output) else EXIT_FAILURE
+    if answer.oci_argv is not None:
         exec_oci(answer.oci_argv, answer.env)
     return EXIT_OK
 
@@ -5377,19 +5511,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         answer = fast_path(argv, environ, time.time())
         code = give_fast_answer(answer) if answer is not None else \
             run(split_command_line(argv), environ)
-        if sys.stdout is not None:
-            sys.stdout.flush()   # a reader gone shows here, not in Python's exit
-        return code
-    except BrokenPipeError:
-        # Whoever read stdout is gone (a pipe closed early): nobody to answer or to tell.
-        # stdout goes to /dev/null so that Python's own flush at exit cannot fail again.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):   # a stdout that is no file
-            pass
-        return EXIT_FAILURE
+        # Anything still buffered: a reader gone shows here, not in Python's exit.
+        return code if flush_stdout() else EXIT_FAILURE
     except WociError as exc:
         log().debug("failure details", exc_info=True)
         print(f"woci: error: {exc}", file=sys.stderr)

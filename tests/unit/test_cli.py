@@ -1,6 +1,7 @@
 """Section 10: main() as users and kubectl see it: exit codes, stdout kept for oci, one-line
 errors, and the fast path run as a real process."""
 
+import io
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import oci_upst_session_manager as woci
-from tests.unit.fakes import unsigned_jwt
+from tests.unit.fakes import make_settings, unsigned_jwt
 
 MODULE = Path(woci.__file__).resolve()
 REQUIRED_INI = """\
@@ -317,3 +318,67 @@ def test_a_reader_gone_from_stdout_is_no_traceback(tmp_path, argv):
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
     assert "BrokenPipeError" not in result.stderr
     assert result.returncode == 1
+
+
+class GoneReader(io.StringIO):
+    """A stdout whose reader has gone: every write is EPIPE."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_daemon_started_for_a_reader_gone_is_exit_0(tmp_path, monkeypatch):
+    """`woci --daemon | true`: the pid is lost, but the daemon runs, so exit 0 (SPEC)."""
+    monkeypatch.setattr(woci, "ensure_in_child", lambda session: None)
+    monkeypatch.setattr(woci, "start_daemon", lambda renewer, paths: 4242)
+    monkeypatch.setattr(sys, "stdout", GoneReader())
+    settings = make_settings(oci_config_file=str(tmp_path / ".oci" / "config"))
+    cmd = woci.split_command_line(["--daemon"])
+    assert woci.run_daemon_mode(cmd, settings, {"HOME": str(tmp_path)}) == woci.EXIT_OK
+
+
+def test_a_broken_pipe_that_is_not_stdouts_is_not_hidden(monkeypatch):
+    """Only woci's own stdout writes mean 'nobody reads': one from anywhere else (a socket,
+    a child's pipe) is a fault, not a quiet exit 1."""
+    def run(cmd, environ):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(woci, "run", run)
+    with pytest.raises(BrokenPipeError):
+        woci.main(["--doctor"], {"HOME": "/nonexistent"})
+
+
+@pytest.mark.parametrize("argv", [["--help", "--exec", "--", "ls"], ["--status", "--help"],
+                                  ["--status", "--daemon", "--help"], ["--json", "-h"],
+                                  ["--profile", "p", "--doctor", "--help"],
+                                  ["--scope", "--help", "--help"]])
+def test_help_wins_over_every_other_woci_option(tmp_path, capsys, argv):
+    """Users type --help anywhere among woci's options: no usage error in its place."""
+    assert woci.main(argv, {"HOME": str(tmp_path)}) == 0
+    assert capsys.readouterr().out.startswith("usage: woci")
+
+
+@pytest.mark.parametrize("argv", [["--exec", "--", "ls", "--help"], ["os", "ns", "get", "--help"],
+                                  ["--", "--help"], ["--scope", "--help"]])
+def test_a_help_that_belongs_to_the_command_or_a_value_is_not_woci_s(argv):
+    assert woci.split_command_line(argv).mode is not woci.Mode.HELP
+
+
+def test_help_states_the_cap_on_the_two_second_settings(tmp_path, capsys):
+    """Above SETTING_SECONDS_MAX is exit 2: the help says so where the option is."""
+    assert woci.main(["--help"], {"HOME": str(tmp_path)}) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--login-timeout", "--refresh-safety-window"):
+        entry = out[out.index(f"{flag} "):]
+        assert f"at most {woci.SETTING_SECONDS_MAX}" in entry[:entry.index("Default")], flag
+
+
+@pytest.mark.parametrize("kind", ["folder", "missing"])
+def test_doctor_names_a_bad_manager_config_once(tmp_path, capsys, kind):
+    path = tmp_path / ("folder" if kind == "folder" else "missing.ini")
+    if kind == "folder":
+        path.mkdir()
+    woci.main(["--manager-config", str(path), "--doctor"], {"HOME": str(tmp_path)})
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("FAIL manager config"))
+    assert line.count("manager config") == 1 and line.count(str(path)) == 1, line

@@ -5,6 +5,7 @@ import base64
 from pathlib import Path
 import configparser
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -405,3 +406,83 @@ def test_sign_in_replaces_a_damaged_encrypted_token(fake, tmp_path):
     assert len(browsers.urls) == 1
     raw = Path(m.paths.refresh_token).read_bytes()
     assert woci.decrypt_refresh_token(raw, "pass", m.paths.refresh_token) in fake.valid_refresh_tokens
+
+
+def test_sign_in_replaces_an_encrypted_token_whose_nonce_is_damaged(fake, tmp_path):
+    """AES-GCM refuses a nonce of the wrong length with ValueError: that is a damaged file
+    (the sign-in replaces it), not a wrong passphrase (which would block the sign-in)."""
+    browsers = Browsers(fake)
+    m = make_session(fake, tmp_path, environ={"PW": "pass"}, refresh_token_passphrase_env="PW",
+                     browser=browsers)
+    document = json.loads(woci.encrypt_refresh_token("rt-0", "pass", 200_000))
+    document["nonce"] = ""
+    Path(m.paths.refresh_token).write_text(json.dumps(document))
+    with pytest.raises(woci.RefreshTokenError) as info:
+        woci.ensure_session(m)
+    assert not isinstance(info.value, woci.WrongPassphrase) and "damaged" in str(info.value)
+    woci.ensure_session(m, renewal=woci.Renewal.SIGN_IN)
+    assert len(browsers.urls) == 1
+    raw = Path(m.paths.refresh_token).read_bytes()
+    assert woci.decrypt_refresh_token(raw, "pass", m.paths.refresh_token) in fake.valid_refresh_tokens
+
+
+def test_an_unreadable_refresh_token_file_is_one_exit_2_before_any_prompt(fake, tmp_path):
+    """Asked first, the user would type a new passphrase twice only to learn the file
+    cannot be read."""
+    m = make_session(fake, tmp_path, refresh_token_passphrase_prompt=True)
+    Path(m.paths.refresh_token).mkdir()
+    for renewal in (woci.Renewal.SIGN_IN, None):
+        with pytest.raises(woci.RefreshTokenError) as info:
+            woci.ensure_session(m, **({"renewal": renewal} if renewal else {}))
+        assert info.value.exit_code == 2 and "is a folder" in str(info.value)
+    assert fake.requests == []
+
+
+def issue_refresh_tokens_with_a_space(fake, monkeypatch):
+    real = fake.new_refresh_token
+
+    def with_a_space():
+        token = real().replace("-", " ")
+        fake.valid_refresh_tokens.add(token)
+        return token
+
+    monkeypatch.setattr(fake, "new_refresh_token", with_a_space)
+
+
+def test_a_rotated_refresh_token_the_file_cannot_hold_removes_the_spent_one(fake, tmp_path,
+                                                                            monkeypatch, caplog):
+    """Kept, the old token would be presented again at the next run: reuse detection can
+    revoke the whole family. It is removed, so the next renewal signs in."""
+    m = make_session(fake, tmp_path)
+    seed_expired_session(m, fake)
+    issue_refresh_tokens_with_a_space(fake, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.ensure_session(m)
+    assert not Path(m.paths.refresh_token).exists()
+    assert caplog.text.count("cannot hold") == 1 and "rt 1" not in caplog.text
+
+
+def test_a_signed_in_refresh_token_the_file_cannot_hold_is_one_warning(fake, tmp_path,
+                                                                       monkeypatch, caplog):
+    """Not a second one blaming offline_access: the provider did issue a token."""
+    m = make_session(fake, tmp_path)
+    Path(m.paths.refresh_token).write_text("rt-old")   # another sign-in's: stale now
+    issue_refresh_tokens_with_a_space(fake, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="woci"):
+        woci.ensure_session(m, renewal=woci.Renewal.SIGN_IN)
+    assert not Path(m.paths.refresh_token).exists()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "cannot hold" in warnings[0].getMessage()
+    assert "offline_access" not in caplog.text
+
+
+def test_an_encrypted_store_keeps_a_refresh_token_the_plain_file_cannot(fake, tmp_path,
+                                                                        monkeypatch):
+    m = make_session(fake, tmp_path, environ={"PW": "pass"}, refresh_token_passphrase_env="PW")
+    seed_expired_session(m, fake)
+    Path(m.paths.refresh_token).write_bytes(woci.encrypt_refresh_token("rt-0", "pass", 200_000))
+    issue_refresh_tokens_with_a_space(fake, monkeypatch)
+    woci.ensure_session(m)
+    raw = Path(m.paths.refresh_token).read_bytes()
+    rotated = woci.decrypt_refresh_token(raw, "pass", m.paths.refresh_token)
+    assert " " in rotated and rotated in fake.valid_refresh_tokens

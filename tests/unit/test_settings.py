@@ -338,8 +338,8 @@ def test_explicit_manager_config_that_does_not_exist_is_an_error(tmp_path):
 
 
 def test_explicit_manager_config_that_cannot_be_read_is_an_error(tmp_path):
-    """An explicit path that is a folder: exit 2, 'cannot read'."""
-    with pytest.raises(woci.ConfigError, match="cannot read manager config"):
+    """An explicit path that is a folder: exit 2, naming the manager config."""
+    with pytest.raises(woci.ConfigError, match="manager config: .* is a folder"):
         woci.load_manager_ini([tmp_path], explicit=True)
 
 

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -758,6 +759,22 @@ def test_keyring_round_trip_leaves_only_a_marker_on_disk(tmp_path, file_keyring)
     assert woci.stored_refresh_token(paths) == ("keyring", None, False)
 
 
+def test_which_store_can_hold_a_token_with_white_space(tmp_path, file_keyring):
+    """Only the plain file is the token alone; the keyring and encrypted JSON hold any text,
+    and forget() empties each."""
+    paths, file_store, store = keyring_stores(tmp_path, file_keyring)
+    assert store.can_hold("rt 2") and not file_store.can_hold("rt 2")
+    store.save("rt 2")
+    assert store.load() == "rt 2"
+    store.forget()
+    assert store.load() is None and not store.stored()
+    encrypted = woci.RefreshTokenStore(paths.refresh_token, source({"PW": "pw"},
+                                       refresh_token_passphrase_env="PW"))
+    assert encrypted.can_hold("rt \u00e9\n2")
+    _, file_store, away = keyring_stores(tmp_path / "away", None)
+    assert not away.can_hold("rt 2") and away.can_hold("rt-2")
+
+
 def test_file_to_keyring_and_back_keeps_the_token(tmp_path, file_keyring):
     """settle() moves the token each way; it is never in both places afterwards."""
     paths, file_store, store = keyring_stores(tmp_path, file_keyring)
@@ -933,12 +950,41 @@ def test_an_unreadable_refresh_token_is_exit_2(tmp_path, kind):
     assert info.value.exit_code == 2 and str(path) in str(info.value)
 
 
-def test_manager_ini_that_is_a_fifo_is_not_waited_for(tmp_path):
+def test_discovered_manager_ini_that_is_a_fifo_is_not_waited_for(tmp_path):
     os.mkfifo(tmp_path / "woci_manager.ini")
-    with pytest.raises(woci.ConfigError, match="not a regular file"):
-        woci.load_manager_ini([str(tmp_path / "woci_manager.ini")], explicit=True)
     assert woci.load_manager_ini([str(tmp_path / "woci_manager.ini")], explicit=False) == \
         (None, None)
+
+
+def test_named_manager_ini_may_be_a_fifo_or_a_device(tmp_path):
+    """`--manager-config <(vault ...)` and WOCI_MANAGER_CONFIG=/dev/null: the user named it,
+    so it is read blocking, up to the same cap."""
+    fifo = tmp_path / "from-vault"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "w") as writer:
+            writer.write("[COMMON]\nscope = openid\n")
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    path, ini = woci.load_manager_ini([str(fifo)], explicit=True)
+    feeder.join(5)
+    assert path == str(fifo) and ini.get("COMMON", "scope") == "openid"
+    path, ini = woci.load_manager_ini(["/dev/null"], explicit=True)
+    assert path == "/dev/null" and ini.sections() == []
+
+
+def test_named_file_that_streams_without_end_is_cut_at_the_cap(monkeypatch):
+    monkeypatch.setattr(woci, "FILE_MAX_BYTES", 10)
+    with pytest.raises(woci.StorageError, match="larger than"):
+        woci.read_file_if_present("/dev/zero", named=True)
+
+
+def test_named_manager_ini_that_is_a_folder_names_it_once(tmp_path):
+    with pytest.raises(woci.ConfigError) as info:
+        woci.load_manager_ini([str(tmp_path)], explicit=True)
+    assert str(info.value).count(str(tmp_path)) == 1 and "folder" in str(info.value)
 
 
 def test_manager_ini_line_endings_are_read_as_configparser_reads_a_file(tmp_path):
@@ -989,6 +1035,43 @@ def test_atomic_write_removes_what_a_write_killed_before_its_rename_left(tmp_pat
                                                    "token"])
 
 
+def test_atomic_write_keeps_an_old_temporary_file_a_writer_still_holds(tmp_path):
+    """A woci stopped (Ctrl-Z) between mkstemp and rename, or an NFS clock 10 minutes behind,
+    makes a live writer's file look stale: its flock says it is not."""
+    import fcntl
+
+    held = tmp_path / ".token.abcd1234.tmp"
+    held.write_bytes(b"half a tok")
+    old = time.time() - 3600
+    os.utime(held, (old, old))
+    with open(held, "rb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        woci.atomic_write(str(tmp_path / "token"), b"new")
+        assert held.exists()
+    woci.atomic_write(str(tmp_path / "token"), b"newer")
+    assert not held.exists()
+
+
+def test_atomic_write_holds_a_lock_on_its_temporary_file_until_the_rename(tmp_path, monkeypatch):
+    import fcntl
+
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        with open(src, "rb") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("unlocked")
+            except BlockingIOError:
+                seen.append("locked")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(woci.os, "replace", replace)
+    woci.atomic_write(str(tmp_path / "token"), b"new")
+    assert seen == ["locked"] and (tmp_path / "token").read_bytes() == b"new"
+
+
 def test_a_passphrase_that_is_not_utf8_in_the_environment_works(tmp_path):
     """Python hands a variable's bytes that are not UTF-8 over as surrogates ('\\xff' ->
     '\\udcff'); encoding them strictly raised UnicodeEncodeError, a traceback at the first
@@ -1016,9 +1099,31 @@ def test_rewriting_the_oci_config_keeps_its_owner(tmp_path, monkeypatch):
     monkeypatch.setattr(woci.os, "fchown", fchown)
     woci.write_oci_config(str(config), "[DEFAULT]\nregion = r\n", "[DEFAULT]\nregion = s\n")
     info = os.stat(config)
-    assert given == [(info.st_uid, info.st_gid)]
+    assert given == []   # already the owner's: no call
     assert config.read_text() == "[DEFAULT]\nregion = s\n"
     if os.geteuid() == 0:   # root can show it for real
         os.chown(config, 12345, 12345)
         woci.write_oci_config(str(config), "[DEFAULT]\nregion = s\n", "[DEFAULT]\nregion = t\n")
         assert (os.stat(config).st_uid, os.stat(config).st_gid) == (12345, 12345)
+        assert given == [(12345, 12345)]
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL])
+def test_a_filesystem_refusing_chown_does_not_fail_the_oci_config_write(tmp_path, monkeypatch,
+                                                                         code):
+    config = tmp_path / "config"
+    config.write_text("[DEFAULT]\nregion = r\n")
+    info = os.stat(config)
+    real_fstat = os.fstat
+
+    def fstat(fd):   # as if the config were someone else's, so the chown is tried
+        result = real_fstat(fd)
+        return os.stat_result((*result[:4], info.st_uid + 1, *result[5:]))
+
+    def fchown(fd, uid, gid):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(woci.os, "fstat", fstat)
+    monkeypatch.setattr(woci.os, "fchown", fchown)
+    woci.write_oci_config(str(config), "[DEFAULT]\nregion = r\n", "[DEFAULT]\nregion = s\n")
+    assert config.read_text() == "[DEFAULT]\nregion = s\n"
