@@ -1258,6 +1258,11 @@ class SettingSource(collections.namedtuple("SettingSource", "key value source pr
     __slots__ = ()
 
 
+def secret_flag_warning(flag: str) -> str:
+    return (f"{flag} on the command line is visible to every user of this machine (ps); put "
+            f"it in the manager INI (mode 0600) or env {OPTIONS_BY_FLAG[flag].env} instead")
+
+
 def describe_settings(cmd: CommandLine, environ: Mapping[str, str],
                       manager_ini: configparser.ConfigParser | None,
                       manager_path: str | None) -> list[SettingSource]:
@@ -4862,10 +4867,7 @@ def check_settings(ctx: DoctorContext) -> list[Check]:
             shown = mask_secret(item.value) if item.key in SECRET_KEYS else item.value
             checks.append(Check(OK, f"{item.key} = {shown} ({item.source})"))
             if item.key in SECRET_KEYS and item.source == FLAG_OF_KEY[item.key]:
-                checks.append(Check(WARN, f"{item.key}: {item.source} on the command line is "
-                                          "visible to every user of this machine (ps); put it "
-                                          "in the manager INI (mode 0600) or env "
-                                          f"{OPTIONS_BY_FLAG[item.source].env} instead"))
+                checks.append(Check(WARN, f"{item.key}: {secret_flag_warning(item.source)}"))
     if ctx.settings_problem and not any(check.level == FAIL for check in checks):
         checks.append(Check(FAIL, f"settings: {ctx.settings_problem}"))
     return checks
@@ -5340,9 +5342,7 @@ def load_settings(cmd: CommandLine, environ: Mapping[str, str],
     configure_logging(settings.log_level)
     warn_if_secrets_exposed(path, ini)
     for flag in cmd.secret_flags:
-        log().warning("%s on the command line is visible to every user of this machine (ps); "
-                    "put it in the manager INI (mode 0600) or env %s instead", flag,
-                    OPTIONS_BY_FLAG[flag].env)
+        log().warning("%s", secret_flag_warning(flag))
     return settings
 
 
