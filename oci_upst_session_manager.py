@@ -434,6 +434,12 @@ def shown(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def is_one_word(text: str) -> bool:
+    """Printable, with no white space at all: safe on one line of a terminal, and in a file
+    that holds the text alone."""
+    return text.isprintable() and not any(ch.isspace() for ch in text)
+
+
 def plain_text(value: object, limit: int = 300) -> str:
     """A server's own words (an error_description) for one line of text: white space runs
     made one space, control characters (a terminal's escape sequences) made '?', cut short."""
@@ -1809,8 +1815,7 @@ def drop_keyring_item(marker: str, fallback: KeyringItem, backend) -> None:
 def is_storable_refresh_token(token: str) -> bool:
     """A token the plain file holds and gives back as it was: printable ASCII, no white
     space (the file is the token alone)."""
-    return bool(token) and token.isascii() and \
-        not any(ch.isspace() or not ch.isprintable() for ch in token)
+    return bool(token) and token.isascii() and is_one_word(token)
 
 
 class RefreshTokenStore:
@@ -3475,7 +3480,7 @@ def parse_pasted_answer(text: str, expected_state: str) -> CallbackResult:
         query = text.lstrip("?")
     else:
         code = urllib.parse.unquote(text)
-        if not code or not code.isprintable() or any(ch.isspace() for ch in code):
+        if not code or not is_one_word(code):
             return nonsense
         return CallbackResult(code, None)
     result = evaluate_callback(urllib.parse.parse_qs(query, keep_blank_values=True),
@@ -3538,8 +3543,7 @@ def _seconds_or(value: object, default: float) -> float:
 def _fit_for_terminal(value: object) -> bool:
     """Printable on one line as it is: no control characters (a server's escape sequences
     must not reach the user's terminal), no white space."""
-    return (isinstance(value, str) and 0 < len(value) <= 2048 and value.isprintable()
-            and not any(ch.isspace() for ch in value))
+    return isinstance(value, str) and 0 < len(value) <= 2048 and is_one_word(value)
 
 
 def parse_device_authorization(document: dict, url: str, default_expiry: float
@@ -3701,7 +3705,7 @@ def check_upst(upst: str, key, url: str, now: float) -> None:
     """Refuse a UPST that oci, or woci later, could not use safely: not printable ASCII, no
     integer exp or one more than a day ahead, or bound to another key than ours."""
     unusable = f"the OCI token exchange at {url} answered with an unusable token"
-    if not (upst.isascii() and upst.isprintable()) or any(ch.isspace() for ch in upst):
+    if not (upst.isascii() and is_one_word(upst)):
         raise ExchangeError(f"{unusable} (it is not printable ASCII); nothing was saved")
     try:
         claims = jwt_claims_unverified(upst)
