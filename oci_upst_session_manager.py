@@ -1818,6 +1818,16 @@ def is_storable_refresh_token(token: str) -> bool:
     return bool(token) and token.isascii() and is_one_word(token)
 
 
+def plain_refresh_token(raw: bytes) -> str | None:
+    """The token a plain refresh token file holds, or None when it is damaged (empty, not
+    ASCII, white space or control characters within)."""
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    return token if is_storable_refresh_token(token) else None
+
+
 class RefreshTokenStore:
     """The refresh token on disk: plain text, or encrypted JSON when a passphrase is set.
 
@@ -1874,11 +1884,8 @@ class RefreshTokenStore:
                     "configured: set refresh_token_passphrase_env or "
                     "refresh_token_passphrase_prompt")
             return decrypt_refresh_token(raw, self.passphrase.get(), self.path)
-        try:
-            token = raw.decode("ascii").strip()
-        except UnicodeDecodeError:
-            token = ""
-        if not is_storable_refresh_token(token):
+        token = plain_refresh_token(raw)
+        if token is None:
             raise RefreshTokenError(f"the refresh token file {self.path} is damaged (empty or "
                                     "not text); sign in again with `woci session authenticate` "
                                     "to replace it")
@@ -2048,12 +2055,8 @@ def stored_refresh_token(paths: SessionPaths) -> StoredRefreshToken:
     if raw is not None:
         if is_encrypted_document(raw):
             return StoredRefreshToken("encrypted-file", None)
-        try:
-            text = raw.decode("ascii").strip()
-        except UnicodeDecodeError:
-            text = ""
-        # The test RefreshTokenStore.load applies: what it would refuse is no refresh token.
-        if not is_storable_refresh_token(text):
+        text = plain_refresh_token(raw)
+        if text is None:
             return StoredRefreshToken("file", None, True)
         return StoredRefreshToken("file", jwt_expiry_or_none(text))
     if os.path.exists(paths.keyring_marker):
