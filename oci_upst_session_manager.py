@@ -2906,6 +2906,20 @@ def unparsable_url(url: str) -> str | None:
     return None
 
 
+def discovered_endpoint_problem(value: object, issuer: str) -> str | None:
+    """Why an endpoint a discovery document (or woci's copy of one) names cannot be used, or
+    None: the document as fetched and the copy read later pass the same checks."""
+    if not isinstance(value, str) or not is_http_url(value):
+        return "not an http(s) URL"
+    problem = unparsable_url(value)
+    if problem:
+        return plain_text(problem, 100)
+    if not endpoint_fits_issuer(value, issuer):
+        return ("not https, for an https issuer, so woci does not use it; if that is really "
+                "meant, set the endpoints in the manager INI instead of issuer")
+    return None
+
+
 def discovery_endpoints(document: object, issuer: str, url: str) -> dict[str, str]:
     """The endpoints a discovery document names; DiscoveryError unless it is the issuer's own
     (section 4.3: its issuer must be exactly the one configured)."""
@@ -2921,18 +2935,10 @@ def discovery_endpoints(document: object, issuer: str, url: str) -> dict[str, st
         value = document.get(name)
         if value is None:
             continue
-        if not isinstance(value, str) or not is_http_url(value):
-            raise DiscoveryError(f"the discovery document at {url} names an unusable {name} "
-                                 f"({shown(value)}): not an http(s) URL")
-        problem = unparsable_url(value)
+        problem = discovered_endpoint_problem(value, issuer)
         if problem:
             raise DiscoveryError(f"the discovery document at {url} names an unusable {name} "
-                                 f"({shown(value)}): {plain_text(problem, 100)}")
-        if not endpoint_fits_issuer(value, issuer):
-            raise DiscoveryError(f"the discovery document at {url} names a {name} that is "
-                                 f"not https ({shown(value)}) for an https issuer, so "
-                                 "woci does not use it; if that is really meant, set the "
-                                 "endpoints in the manager INI instead of issuer")
+                                 f"({shown(value)}): {problem}")
         endpoints[name] = value
     return endpoints
 
@@ -2956,8 +2962,7 @@ def read_discovery_cache(path: str, issuer: str, now: float) -> CachedDiscovery 
     fetched, endpoints = epoch_or_none(document.get("fetched_at")), document.get("endpoints")
     if fetched is None or not isinstance(endpoints, dict):
         return None
-    if not all(isinstance(value, str) and is_http_url(value) and not unparsable_url(value)
-               and endpoint_fits_issuer(value, issuer) for value in endpoints.values()):
+    if any(discovered_endpoint_problem(value, issuer) for value in endpoints.values()):
         return None
     age = now - fetched
     if age < -CLOCK_SKEW_TOLERANCE_SECONDS:
