@@ -5350,6 +5350,12 @@ def load_settings(cmd: CommandLine, environ: Mapping[str, str],
     oci_config = resolve_oci_config_file(cmd, environ)
     candidates, explicit = manager_config_candidates(cmd, environ, oci_config)
     path, ini = load_manager_ini(candidates, explicit)
+    return settings_from_ini(cmd, environ, path, ini, required)
+
+
+def settings_from_ini(cmd: CommandLine, environ: Mapping[str, str], path: str | None,
+                      ini: configparser.ConfigParser | None,
+                      required: tuple[str, ...] = REQUIRED_KEYS) -> Settings:
     settings = build_settings(cmd, environ, ini, path, required)
     configure_logging(settings.log_level)
     warn_if_secrets_exposed(path, ini)
@@ -5467,10 +5473,16 @@ def run_logout_mode(cmd: CommandLine, environ: Mapping[str, str]) -> int:
     (exit 2): it was meant, and it may hold the endpoint the revocation needs."""
     candidates, explicit = manager_config_candidates(cmd, environ,
                                                      resolve_oci_config_file(cmd, environ))
-    if explicit:
-        load_manager_ini(candidates, explicit)
+    # Read once: a manager INI given as <(vault ...) gives its text to the first read only.
     try:
-        settings = load_settings(cmd, environ, required=())
+        path, ini = load_manager_ini(candidates, explicit)
+    except ConfigError as exc:
+        if explicit:
+            raise
+        log().warning("%s; going on without the manager config", exc)
+        path, ini = None, None
+    try:
+        settings = settings_from_ini(cmd, environ, path, ini, required=())
     except ConfigError as exc:
         log().warning("%s; going on without the manager config", exc)
         settings = build_settings(cmd, environ, None, None, required=())

@@ -3,9 +3,11 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -160,6 +162,39 @@ def test_logout_revokes_and_deletes_everything_of_the_session(tmp_path):
     assert config.read_text() == "[p]\ntenancy=t\n"
     assert woci.logout(settings, {"HOME": str(tmp_path)}).startswith("nothing to do")
 
+
+
+def test_logout_reads_a_manager_ini_from_a_pipe_once(tmp_path):
+    """`--manager-config <(vault ...)` gives its text to one read only: read twice, the
+    second read found nothing, and the revocation endpoint it names was lost."""
+    paths, config = logout_home(tmp_path)
+    fifo = tmp_path / "manager.ini"
+    os.mkfifo(fifo)
+    with LocalServer([Answer(200, b"")]) as server:
+        text = f"[p]\nclient_id = c\nrevocation_url = {server.url}/revoke\n"
+
+        done = threading.Event()
+
+        def feed_once():
+            with open(fifo, "w") as pipe:
+                pipe.write(text)
+            while not done.wait(0.1):   # a second reader gets an empty pipe, not a hang
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:   # ENXIO: nobody is reading
+                    pass
+
+        feeder = threading.Thread(target=feed_once, daemon=True)
+        feeder.start()
+        try:
+            code = woci.main(["--profile", "p", "--config-file", str(config),
+                              "--manager-config", str(fifo), "--logout"],
+                             {"HOME": str(tmp_path)})
+        finally:
+            done.set()
+            feeder.join(timeout=10)
+    assert code == 0
+    assert [request.form["token"] for request in server.requests] == ["rt-to-revoke"]
 
 def test_logout_warns_of_a_plain_http_revocation_endpoint_on_another_machine(
         tmp_path, caplog, monkeypatch):
