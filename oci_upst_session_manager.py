@@ -1448,10 +1448,10 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600,
                  owner: tuple[int, int] | None = None) -> None:
     """Write via a temporary file in the same folder, fsync, rename: readers see old or new.
     owner: (uid, gid) the new file is given, as the one it replaces had."""
-    folder = os.path.dirname(path) or "."
     import fcntl
     import tempfile
 
+    folder = os.path.dirname(path) or "."
     _remove_stale_temporary_files(folder, os.path.basename(path))
 
     try:
